@@ -1,0 +1,1 @@
+"""kvstore client library: runs inside inference workers."""

@@ -1,0 +1,1 @@
+"""Loading the real models kvstore is tested with (no hub access at run time)."""

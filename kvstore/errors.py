@@ -1,0 +1,87 @@
+"""One error hierarchy for kvstore, mapped to gRPC status codes in one table.
+
+A miss is a result (``None`` / ``found=False``), never an exception. Server code raises these;
+the service layer turns them into statuses with ``status_for``; the client turns statuses back
+into the same classes with ``error_for_status`` so callers catch one family everywhere.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class KVStoreError(Exception):
+    """Root of every error kvstore raises on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(KVStoreError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class KeySchemeError(InvalidArgument):
+    """Token ids or namespace fields that cannot be keyed."""
+
+
+class ConfigError(InvalidArgument):
+    """A configuration value that is missing, of the wrong type or out of range."""
+
+
+class FailedPrecondition(KVStoreError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class SchemeMismatch(FailedPrecondition):
+    """The client's key scheme, model, dtype, layout or chunk size differs from the node's."""
+
+
+class SessionRequired(FailedPrecondition):
+    """A data call came without a valid session from Handshake."""
+
+
+class ResourceExhausted(KVStoreError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class CapacityError(ResourceExhausted):
+    """A chunk does not fit in any tier, or a tier cannot make room."""
+
+
+class DataLoss(KVStoreError):
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class ChecksumMismatch(DataLoss):
+    """Bytes do not match their checksum (corrupt in transit or at rest)."""
+
+
+class NotFound(KVStoreError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(KVStoreError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(KVStoreError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[KVStoreError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def error_for_status(code: grpc.StatusCode, message: str) -> KVStoreError:
+    """The kvstore error a client raises for a gRPC status (INTERNAL and others -> root)."""
+    cls = _BY_CODE.get(code, KVStoreError)
+    err = cls(message)
+    err.code = code
+    return err
