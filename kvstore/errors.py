@@ -79,9 +79,22 @@ _BY_CODE: dict[grpc.StatusCode, type[KVStoreError]] = {
 }
 
 
-def error_for_status(code: grpc.StatusCode, message: str) -> KVStoreError:
-    """The kvstore error a client raises for a gRPC status (INTERNAL and others -> root)."""
-    cls = _BY_CODE.get(code, KVStoreError)
+ERROR_METADATA = "kvstore-error"  # trailing metadata naming the exact error class
+
+
+def _subclasses(cls: type[KVStoreError]) -> dict[str, type[KVStoreError]]:
+    out = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        out.update(_subclasses(sub))
+    return out
+
+
+def error_for_status(code: grpc.StatusCode, message: str, name: str = "") -> KVStoreError:
+    """The kvstore error for a gRPC status: the exact class when the node named one in trailing
+    metadata and it has the same code, else the class for the code (INTERNAL etc. -> root)."""
+    cls = _subclasses(KVStoreError).get(name)
+    if cls is None or cls.code != code:
+        cls = _BY_CODE.get(code, KVStoreError)
     err = cls(message)
     err.code = code
     return err

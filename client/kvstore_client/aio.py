@@ -1,0 +1,352 @@
+"""AsyncKVStoreClient: the asyncio core of the client library (KVStoreClient wraps it).
+
+Every call has a deadline; UNAVAILABLE is retried with backoff (unary RPCs by gRPC's own retry
+policy in the channel's service config, streams and the data plane by RetryPolicy); a node that
+forgot our session (it restarted) gets a fresh Handshake transparently. Chunk payloads use the
+node's bulk data plane when it offers one, else gRPC streams.
+
+Buffers: tensors returned by get_many own their memory (fresh allocations the payload was
+received into); tensors given to put_many are only read during the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import grpc
+import torch
+
+from kvstore.chunk import IDENTITY, checksum
+from kvstore.errors import (
+    ERROR_METADATA,
+    DeadlineExceeded,
+    InvalidArgument,
+    KVStoreError,
+    SessionRequired,
+    error_for_status,
+)
+from kvstore.keys import KeyScheme
+from kvstore.v1 import kvstore_pb2 as pb
+from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
+from kvstore.wire import scheme_to_pb
+from kvstore_client.dataplane import ConnectionPool, DataConnection
+from kvstore_client.retry import RetryPolicy
+from kvstore_client.tensors import BytesLike, as_bytes_view, empty_for, view_as
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SESSION_METADATA = "kvstore-session"
+_UNARY = ("Handshake", "Lookup", "Delete", "Stats")
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "kvstore.v1.KVStore", "method": m} for m in _UNARY],
+    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    deadline_s: float = 30.0           # per call, unless the call passes its own
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    use_data_plane: bool = True
+    verify_checksums: bool = True      # end-to-end check of every payload received
+    max_connections: int = 4           # data-plane connections per node
+    client_name: str = "kvstore-client"
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    found: list[bool]
+    tiers: list[str]
+    payload_bytes: list[int]
+    prefix_hits: int
+
+
+class AsyncKVStoreClient:
+    def __init__(self, address: str, scheme: KeyScheme, options: ClientOptions | None = None):
+        self.address = address
+        self.scheme = scheme
+        self.options = options or ClientOptions()
+        self._channel = grpc.aio.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", 8 << 20),
+            ("grpc.max_send_message_length", 8 << 20),
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+        ])
+        self._stub = pb_grpc.KVStoreStub(self._channel)
+        self.session: pb.HandshakeResponse | None = None
+        self._pool: ConnectionPool | None = None
+        self.corrupt_received = 0
+
+    @classmethod
+    async def connect(cls, address: str, scheme: KeyScheme, **options: object
+                      ) -> AsyncKVStoreClient:
+        client = cls(address, scheme, ClientOptions(**options))  # type: ignore[arg-type]
+        try:
+            await client.handshake()
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    # ---- plumbing --------------------------------------------------------------------------
+    async def handshake(self) -> pb.HandshakeResponse:
+        req = pb.HandshakeRequest(scheme=scheme_to_pb(self.scheme),
+                                  client_name=self.options.client_name)
+        self.session = await self._rpc(
+            lambda md, t: self._stub.Handshake(req, timeout=t), session=False)
+        if self._pool:
+            self._pool.close()
+        self._pool = None
+        if self.options.use_data_plane and self.session.data_port:
+            host = self.address.rsplit(":", 1)[0].strip("[]")
+            self._pool = ConnectionPool(host, self.session.data_port, lambda: self.session_id,
+                                        self.options.max_connections)
+        return self.session
+
+    @property
+    def session_id(self) -> str:
+        return self.session.session_id if self.session else ""
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((SESSION_METADATA, self.session_id),)
+
+    async def _rpc(self, call: Callable[[tuple[tuple[str, str], ...], float], Awaitable[T]],
+                   session: bool = True, deadline_s: float | None = None) -> T:
+        """Run one gRPC call: deadline, status -> kvstore error, one re-handshake if needed."""
+        timeout = deadline_s or self.options.deadline_s
+        for attempt in (0, 1):
+            try:
+                return await call(self._metadata() if session else (), timeout)
+            except grpc.aio.AioRpcError as exc:
+                name = dict(exc.trailing_metadata() or ()).get(ERROR_METADATA, "")
+                err = error_for_status(exc.code(), exc.details() or "", str(name))
+                if isinstance(err, SessionRequired) and session and attempt == 0:
+                    await self.handshake()
+                    continue
+                raise err from None
+        raise AssertionError("unreachable")
+
+    async def _data(self, op: Callable[[DataConnection], Awaitable[T]],
+                    deadline_s: float | None) -> T:
+        """Run ``op`` on a pooled data-plane connection with a deadline and retries."""
+        timeout = deadline_s or self.options.deadline_s
+
+        async def attempt() -> T:
+            assert self._pool is not None
+            conn = await self._pool.acquire()
+            healthy = False
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await op(conn)
+                healthy = True
+                return result
+            except TimeoutError:
+                raise DeadlineExceeded(f"data-plane call to {self.address} exceeded its "
+                                       f"{timeout:.3g} s deadline") from None
+            finally:
+                self._pool.release(conn, healthy)
+
+        try:
+            return await self.options.retry.run(attempt)
+        except SessionRequired:
+            await self.handshake()
+            return await self.options.retry.run(attempt)
+
+    # ---- put -------------------------------------------------------------------------------
+    async def put_many(self, keys: Sequence[bytes], tensors: Sequence[torch.Tensor | BytesLike],
+                       *, parent_keys: Sequence[bytes | None] | None = None,
+                       start_pos: Sequence[int] | None = None,
+                       num_tokens: Sequence[int] | None = None,
+                       deadline_s: float | None = None) -> list[bool]:
+        """Store chunks; returns stored flags in order. Raises on a refused chunk."""
+        if len(keys) != len(tensors):
+            raise InvalidArgument(f"{len(keys)} keys but {len(tensors)} payloads")
+        if not keys:
+            return []
+        items = []
+        for i, (key, data) in enumerate(zip(keys, tensors, strict=True)):
+            view, dtype, shape, owner = as_bytes_view(data)
+            meta = pb.ChunkMeta(
+                key=key, dtype=dtype, shape=shape, payload_bytes=len(view),
+                checksum=checksum([view]), codec=IDENTITY,
+                parent_key=(parent_keys[i] or b"") if parent_keys else b"",
+                start_pos=start_pos[i] if start_pos else 0,
+                num_tokens=num_tokens[i] if num_tokens else 0)
+            items.append((meta, view, owner))
+        if self._pool is not None:
+            groups = _split(items, self.options.max_connections)
+
+            async def put_group(group: list) -> list[bool]:
+                async def op(conn: DataConnection) -> list[bool]:
+                    return [bool(await conn.put(meta, view)) for meta, view, _ in group]
+                return await self._data(op, deadline_s)
+            results = await asyncio.gather(*(put_group(g) for g in groups))
+            return [r for group in results for r in group]
+        return await self._put_grpc(items, deadline_s)
+
+    async def _put_grpc(self, items: list, deadline_s: float | None) -> list[bool]:
+        frame = (self.session.frame_bytes if self.session else 0) or (1 << 20)
+
+        async def requests() -> AsyncIterator[pb.PutRequest]:
+            for meta, view, _ in items:
+                yield pb.PutRequest(meta=meta)
+                for off in range(0, len(view), frame):
+                    yield pb.PutRequest(data=bytes(view[off:off + frame]))
+
+        async def call(md: tuple, t: float) -> list[bool]:
+            resp = await self._stub.Put(requests(), metadata=md, timeout=t)
+            return [r.stored for r in resp.results]
+        return await self.options.retry.run(lambda: self._rpc(call, deadline_s=deadline_s))
+
+    # ---- get -------------------------------------------------------------------------------
+    async def get_many(self, keys: Sequence[bytes], *, out: Sequence[torch.Tensor] | None = None,
+                       deadline_s: float | None = None) -> list[torch.Tensor | None]:
+        """Chunks as tensors with the dtype and shape they were put with; None for a miss.
+
+        With ``out`` (one contiguous CPU tensor per key, e.g. a reused pinned staging buffer),
+        payloads are received straight into those buffers and the results are views of them;
+        otherwise each hit gets a freshly allocated tensor.
+        """
+        raws = await self._get_raw(keys, out, deadline_s)
+        return [None if r is None else view_as(r[1], r[0].dtype or "uint8", r[0].shape)
+                for r in raws]
+
+    async def get_bytes_many(self, keys: Sequence[bytes], *,
+                             deadline_s: float | None = None) -> list[memoryview | None]:
+        raws = await self._get_raw(keys, None, deadline_s)
+        return [None if r is None else memoryview(r[1].numpy()) for r in raws]
+
+    async def _get_raw(self, keys: Sequence[bytes], out: Sequence[torch.Tensor] | None,
+                       deadline_s: float | None
+                       ) -> list[tuple[pb.ChunkMeta, torch.Tensor] | None]:
+        if not keys:
+            return []
+        if out is not None and len(out) != len(keys):
+            raise InvalidArgument(f"{len(keys)} keys but {len(out)} output buffers")
+        buffers = [_byte_buffer(t) for t in out] if out is not None else None
+
+        def receive_buffer(index: int, meta: pb.ChunkMeta) -> tuple[torch.Tensor, memoryview]:
+            if buffers is None:
+                return empty_for(meta.dtype, meta.shape, meta.payload_bytes)
+            buf = buffers[index]
+            if buf.numel() < meta.payload_bytes:
+                raise InvalidArgument(f"output buffer {index} holds {buf.numel()} bytes; chunk "
+                                      f"{meta.key.hex()} needs {meta.payload_bytes}")
+            raw = buf[:meta.payload_bytes]
+            return raw, memoryview(raw.numpy())
+
+        if self._pool is not None:
+            groups = _split(list(enumerate(keys)), self.options.max_connections)
+
+            async def get_group(group: list[tuple[int, bytes]]) -> list:
+                async def op(conn: DataConnection) -> list:
+                    bufs: list[torch.Tensor] = []
+                    pending = iter(i for i, _ in group)
+
+                    def alloc(meta: pb.ChunkMeta) -> memoryview:
+                        index = next(pending)
+                        while bytes(keys[index]) != meta.key:  # misses in between
+                            index = next(pending)
+                        raw, view = receive_buffer(index, meta)
+                        bufs.append(raw)
+                        return view
+                    metas = await conn.get([k for _, k in group], alloc)
+                    it = iter(bufs)
+                    return [None if m is None else (m, next(it)) for m in metas]
+                return await self._data(op, deadline_s)
+            results = await asyncio.gather(*(get_group(g) for g in groups))
+            raws = [r for group in results for r in group]
+        else:
+            raws = await self.options.retry.run(
+                lambda: self._rpc(lambda md, t: self._get_grpc(keys, receive_buffer, md, t),
+                                  deadline_s=deadline_s))
+        return [self._verified(r) for r in raws]
+
+    async def _get_grpc(self, keys: Sequence[bytes], receive_buffer: Callable, md: tuple,
+                        timeout: float) -> list:
+        out: list[tuple[pb.ChunkMeta, torch.Tensor] | None] = []
+        view: memoryview | None = None
+        pos = 0
+        async for msg in self._stub.Get(pb.GetRequest(keys=keys), metadata=md, timeout=timeout):
+            if msg.HasField("header"):
+                if not msg.header.found:
+                    out.append(None)
+                    continue
+                raw, view = receive_buffer(len(out), msg.header.meta)
+                out.append((msg.header.meta, raw))
+                pos = 0
+            else:
+                assert view is not None
+                view[pos:pos + len(msg.data)] = msg.data
+                pos += len(msg.data)
+        return out
+
+    def _verified(self, r: tuple[pb.ChunkMeta, torch.Tensor] | None
+                  ) -> tuple[pb.ChunkMeta, torch.Tensor] | None:
+        if r is None or not self.options.verify_checksums:
+            return r
+        if checksum([memoryview(r[1].numpy())]) != r[0].checksum:
+            self.corrupt_received += 1
+            log.warning("chunk %s failed its checksum after transfer; treated as a miss",
+                        r[0].key.hex())
+            return None
+        return r
+
+    # ---- control ---------------------------------------------------------------------------
+    async def lookup(self, keys: Sequence[bytes], *, prefetch: bool = False,
+                     prefetch_next: int = 0, deadline_s: float | None = None) -> LookupResult:
+        req = pb.LookupRequest(keys=keys, prefetch=prefetch, prefetch_next=prefetch_next)
+        resp = await self._rpc(lambda md, t: self._stub.Lookup(req, metadata=md, timeout=t),
+                               deadline_s=deadline_s)
+        locs = resp.locations
+        return LookupResult([x.found for x in locs], [x.tier for x in locs],
+                            [x.payload_bytes for x in locs], resp.prefix_hits)
+
+    async def delete_many(self, keys: Sequence[bytes], *, deadline_s: float | None = None) -> int:
+        req = pb.DeleteRequest(keys=keys)
+        resp = await self._rpc(lambda md, t: self._stub.Delete(req, metadata=md, timeout=t),
+                               deadline_s=deadline_s)
+        return resp.deleted
+
+    async def stats(self, *, deadline_s: float | None = None) -> pb.StatsResponse:
+        return await self._rpc(lambda md, t: self._stub.Stats(pb.StatsRequest(), timeout=t),
+                               session=False, deadline_s=deadline_s)
+
+    async def put(self, key: bytes, data: torch.Tensor | BytesLike, **kw: object) -> bool:
+        return (await self.put_many([key], [data], **kw))[0]  # type: ignore[arg-type]
+
+    async def get(self, key: bytes, **kw: object) -> torch.Tensor | None:
+        return (await self.get_many([key], **kw))[0]  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        if self._pool:
+            self._pool.close()
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncKVStoreClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _byte_buffer(t: torch.Tensor) -> torch.Tensor:
+    if t.device.type != "cpu" or not t.is_contiguous():
+        raise InvalidArgument("output buffers must be contiguous CPU tensors (pinned is best)")
+    return t.reshape(-1).view(torch.uint8)
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """Contiguous slices of ``items`` for up to ``parts`` parallel connections."""
+    parts = max(1, min(parts, len(items)))
+    size = -(-len(items) // parts)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+__all__ = ["AsyncKVStoreClient", "ClientOptions", "KVStoreError", "LookupResult"]

@@ -1,0 +1,127 @@
+"""Client side of the bulk data plane (kvstore/dataplane.py has the framing), on asyncio sockets.
+
+Payloads are received with ``loop.sock_recv_into`` straight into the destination tensor's storage
+and sent with ``loop.sock_sendall`` from the source tensor's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from kvstore import dataplane as dp
+from kvstore.errors import Unavailable, error_for_status
+from kvstore.v1 import kvstore_pb2 as pb
+
+
+class DataConnection:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def open(cls, host: str, port: int, session_id: str) -> DataConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, (host, port))
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"data plane {host}:{port} unreachable: {exc}") from exc
+        conn = cls(sock)
+        sid = session_id.encode()
+        await conn.send(dp.HELLO.pack(dp.MAGIC, dp.VERSION, len(sid)) + sid)
+        await conn.read_status()
+        return conn
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def send(self, data: bytes | memoryview) -> None:
+        try:
+            await self.loop.sock_sendall(self.sock, data)
+        except OSError as exc:
+            raise Unavailable(f"data plane connection lost while sending: {exc}") from exc
+
+    async def recv_into(self, view: memoryview) -> None:
+        got, n = 0, len(view)
+        try:
+            while got < n:
+                r = await self.loop.sock_recv_into(self.sock, view[got:])
+                if r == 0:
+                    raise Unavailable(f"data plane closed after {got} of {n} bytes")
+                got += r
+        except OSError as exc:
+            raise Unavailable(f"data plane connection lost while receiving: {exc}") from exc
+
+    async def recv(self, n: int) -> bytes:
+        buf = bytearray(n)
+        await self.recv_into(memoryview(buf))
+        return bytes(buf)
+
+    async def read_status(self) -> str:
+        code, n = dp.STATUS.unpack(await self.recv(dp.STATUS.size))
+        msg = (await self.recv(n)).decode() if n else ""
+        if code != 0:
+            status = next((s for s in grpc.StatusCode if s.value[0] == code),
+                          grpc.StatusCode.UNKNOWN)
+            raise error_for_status(status, msg)
+        return msg
+
+    async def get(self, keys: Sequence[bytes],
+                  alloc: Callable[[pb.ChunkMeta], memoryview]) -> list[pb.ChunkMeta | None]:
+        """Fetch ``keys``; for each hit, ``alloc(meta)`` gives the view to receive the payload."""
+        await self.send(dp.OP.pack(dp.OP_GET) + dp.U32.pack(len(keys)) + b"".join(keys))
+        metas: list[pb.ChunkMeta | None] = []
+        for _ in keys:
+            if (await self.recv(1)) == b"\x00":
+                metas.append(None)
+                continue
+            (m,) = dp.U32.unpack(await self.recv(dp.U32.size))
+            meta = pb.ChunkMeta.FromString(await self.recv(m))
+            await self.recv_into(alloc(meta))
+            metas.append(meta)
+        return metas
+
+    async def put(self, meta: pb.ChunkMeta, payload: memoryview) -> str:
+        raw = meta.SerializeToString()
+        await self.send(dp.OP.pack(dp.OP_PUT) + dp.U32.pack(len(raw)) + raw)
+        await self.read_status()  # room reserved (or the node's reason why not)
+        await self.send(payload)
+        return await self.read_status()
+
+
+class ConnectionPool:
+    """Idle data-plane connections to one node, at most ``size`` open at once."""
+
+    def __init__(self, host: str, port: int, session: Callable[[], str], size: int) -> None:
+        self.host, self.port, self._session = host, port, session
+        self._idle: list[DataConnection] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def acquire(self) -> DataConnection:
+        await self._slots.acquire()
+        if self._idle:
+            return self._idle.pop()
+        try:
+            return await DataConnection.open(self.host, self.port, self._session())
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, conn: DataConnection, healthy: bool) -> None:
+        if healthy:
+            self._idle.append(conn)
+        else:
+            conn.close()
+        self._slots.release()
+
+    def close(self) -> None:
+        for c in self._idle:
+            c.close()
+        self._idle.clear()

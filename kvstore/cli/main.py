@@ -1,0 +1,60 @@
+"""The `kvstore` command: serve a node, run the demo, run benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kvstore.errors import ConfigError, KVStoreError
+
+# subcommand -> module with add_arguments(parser) and run(args) -> int; imported lazily so that
+# `kvstore serve` never imports torch models or benchmark code.
+_BENCHES = {
+    "store": "kvstore.bench.store",
+    "route": "kvstore.bench.route",
+    "codecs": "kvstore.bench.codecs",
+    "blend": "kvstore.bench.blend",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvstore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    from kvstore.cli import serve
+
+    serve.add_arguments(sub.add_parser("serve", help="run a store node (embedded default "
+                                                     "with no arguments)"))
+    demo = sub.add_parser("demo", help="local store + real model: the time a cache hit saves")
+    importlib.import_module("kvstore.demo").add_arguments(demo)
+    bench = sub.add_parser("bench", help="benchmarks (print a table and a final JSON line)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    for name, module in _BENCHES.items():
+        p = bench_sub.add_parser(name)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as exc:  # a benchmark whose optional deps are missing
+            p.set_defaults(missing=str(exc))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from kvstore.cli import serve
+
+            return serve.run(args)
+        if args.command == "demo":
+            return importlib.import_module("kvstore.demo").run(args)
+        if getattr(args, "missing", None):
+            print(f"kvstore bench {args.bench}: {args.missing}", file=sys.stderr)
+            return 2
+        return importlib.import_module(_BENCHES[args.bench]).run(args)
+    except (ConfigError, KVStoreError) as exc:
+        print(f"kvstore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

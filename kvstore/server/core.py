@@ -1,0 +1,131 @@
+"""StoreCore: the operations both transports (gRPC and the bulk data plane) delegate to.
+
+It applies the per-session checks (dtype, codec), records statistics, and calls the TierManager.
+Transports only move bytes and translate errors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from kvstore import __version__
+from kvstore.chunk import IDENTITY, ChunkInfo
+from kvstore.config import NodeConfig
+from kvstore.errors import InvalidArgument
+from kvstore.server.sessions import Session, SessionTable
+from kvstore.server.stats import NodeStats
+from kvstore.tiers.manager import Lease, PutReservation, TierManager
+from kvstore.v1 import kvstore_pb2 as pb
+
+RAW_BYTES_DTYPE = "uint8"  # opaque payloads a client stores as bytes
+
+
+class StoreCore:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node_id = config.resolved_node_id
+        self.manager = TierManager(config)
+        self.stats = NodeStats()
+        self.sessions = SessionTable(config.models)
+        self.data_port = 0  # set by the data plane once it listens
+
+    def handshake(self, req: pb.HandshakeRequest) -> pb.HandshakeResponse:
+        s = self.sessions.open(req.scheme)
+        self.stats.namespace(s.namespace_id, s.scheme.model_id, s.scheme.tenant)
+        return pb.HandshakeResponse(
+            session_id=s.session_id, node_id=self.node_id, namespace_id=s.namespace_id,
+            data_port=self.data_port, max_chunk_bytes=self.config.max_chunk_bytes,
+            frame_bytes=self.config.frame_bytes, server_version=__version__)
+
+    def begin_put(self, session: Session, info: ChunkInfo) -> PutReservation:
+        try:
+            self._check_chunk(session, info)
+            return self.manager.reserve(info, session.namespace_id)
+        except Exception:
+            self.stats.record_rejected()
+            raise
+
+    def finish_put(self, session: Session, res: PutReservation, started: float) -> str:
+        try:
+            tier = res.commit()
+        except Exception:
+            self.stats.record_rejected()
+            raise
+        self.stats.record_put(session.namespace_id, res.info.payload_bytes,
+                              time.perf_counter() - started)
+        return tier
+
+    def _check_chunk(self, session: Session, info: ChunkInfo) -> None:
+        info.validate(self.config.max_chunk_bytes)
+        want = session.scheme.kv_dtype
+        if info.dtype not in (want, RAW_BYTES_DTYPE):
+            raise InvalidArgument(f"chunk dtype {info.dtype!r} differs from the session's kv_dtype "
+                                  f"{want!r} (or 'uint8' for raw bytes)")
+        if info.codec != IDENTITY:
+            from kvstore.codecs import validate  # only nodes that see encoded chunks load codecs
+
+            validate(info.codec, info.codec_params, info.dtype, info.shape, info.payload_bytes)
+
+    def get(self, session: Session, key: bytes) -> Lease | None:
+        started = time.perf_counter()
+        if len(key) != 16:
+            raise InvalidArgument(f"chunk key must be 16 bytes, got {len(key)}")
+        lease = self.manager.get(key)
+        nbytes = lease.info.payload_bytes if lease else 0
+        self.stats.record_get(session.namespace_id, lease is not None, nbytes,
+                              time.perf_counter() - started)
+        return lease
+
+    def lookup(self, session: Session, req: pb.LookupRequest) -> pb.LookupResponse:
+        started = time.perf_counter()
+        _check_keys(req.keys)
+        entries = self.manager.lookup(req.keys)
+        resp = pb.LookupResponse()
+        run_open = True
+        for key, e in zip(req.keys, entries, strict=True):
+            resp.locations.add(key=key, found=e is not None, tier=e.tier if e else "",
+                               payload_bytes=e.info.payload_bytes if e else 0,
+                               node_id=self.node_id)
+            run_open = run_open and e is not None
+            resp.prefix_hits += run_open
+        if req.prefetch or req.prefetch_next:
+            hits = [k for k, e in zip(req.keys, entries, strict=True) if e is not None]
+            self.manager.prefetch(hits if req.prefetch else hits[-1:], req.prefetch_next)
+        self.stats.record_lookup(time.perf_counter() - started)
+        return resp
+
+    def delete(self, session: Session, keys: Sequence[bytes]) -> int:
+        _check_keys(keys)
+        return self.manager.delete(keys)
+
+    def stats_pb(self) -> pb.StatsResponse:
+        s, m = self.stats, self.manager
+        resp = pb.StatsResponse(
+            node_id=self.node_id, hits=s.hits, misses=s.misses, bytes_in=s.bytes_in,
+            bytes_out=s.bytes_out, puts=s.puts, rejected=s.rejected, prefetches=m.prefetches,
+            uptime_s=time.monotonic() - s.started)
+        for name, cap, used, chunks in m.tier_usage():
+            c = m.counters[name]
+            resp.tiers.add(name=name, capacity_bytes=cap, used_bytes=used, chunks=chunks,
+                           hits=c.hits, evictions=c.evictions, demotions_in=c.demotions_in,
+                           promotions_out=c.promotions_out, corrupt_dropped=c.corrupt_dropped)
+        for op, window in s.latency.items():
+            p50, p99 = window.percentiles_ms()
+            resp.latencies.add(op=op, count=window.count, p50_ms=p50, p99_ms=p99)
+        for ns, c in sorted(s.namespaces.items()):
+            resp.namespaces.add(namespace_id=ns, model_id=c.model_id, tenant=c.tenant,
+                                hits=c.hits, misses=c.misses, bytes_in=c.bytes_in,
+                                bytes_out=c.bytes_out)
+        return resp
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _check_keys(keys: Sequence[bytes]) -> None:
+    for k in keys:
+        if len(k) != 16:
+            raise InvalidArgument(f"chunk key must be 16 bytes, got {len(k)}")
+    if len(keys) > 65536:
+        raise InvalidArgument(f"{len(keys)} keys in one call; at most 65536")

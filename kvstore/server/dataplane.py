@@ -1,0 +1,168 @@
+"""The node side of the bulk data plane: a thread per connection, blocking socket I/O.
+
+Threads rather than asyncio because each connection mostly sits in recv_into/sendall, which
+release the GIL, and a blocking loop has no per-recv event-loop overhead. Payloads go from the
+page pool to the socket (sendall per span) and from the socket into reserved pages (recv_into),
+never through an intermediate buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import grpc
+
+from kvstore import dataplane as dp
+from kvstore.errors import InvalidArgument, KVStoreError
+from kvstore.server.core import StoreCore
+from kvstore.server.sessions import Session
+from kvstore.v1 import kvstore_pb2 as pb
+from kvstore.wire import info_from_pb, info_to_pb
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+def recv_exact_into(sock: socket.socket, view: memoryview) -> None:
+    got, n = 0, len(view)
+    while got < n:
+        r = sock.recv_into(view[got:], n - got)
+        if r == 0:
+            raise ConnectionClosed(f"peer closed after {got} of {n} bytes")
+        got += r
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    recv_exact_into(sock, memoryview(buf))
+    return bytes(buf)
+
+
+class DataPlaneServer:
+    def __init__(self, core: StoreCore, host: str, port: int) -> None:
+        self.core = core
+        self._listener = socket.create_server((host, port), backlog=128, reuse_port=False)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, name="kvstore-dataplane",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        with self._lock:
+            for c in list(self._conns):
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self._thread.join(timeout=5)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                             name="kvstore-dataplane-conn").start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            session = self._hello(conn)
+            if session is None:
+                return
+            while True:
+                try:
+                    (op,) = dp.OP.unpack(recv_exact(conn, dp.OP.size))
+                except ConnectionClosed:
+                    return
+                if op == dp.OP_GET:
+                    self._get(conn, session)
+                elif op == dp.OP_PUT:
+                    self._put(conn, session)
+                else:
+                    conn.sendall(dp.pack_status(grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                                f"unknown data-plane op {op}"))
+                    return
+        except (ConnectionClosed, ConnectionError, OSError) as exc:
+            log.debug("data-plane connection ended: %s", exc)
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _hello(self, conn: socket.socket) -> Session | None:
+        magic, version, n = dp.HELLO.unpack(recv_exact(conn, dp.HELLO.size))
+        if magic != dp.MAGIC or version != dp.VERSION:
+            conn.sendall(dp.pack_status(grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                                        f"not a kvstore data-plane v{dp.VERSION} client"))
+            return None
+        try:
+            session = self.core.sessions.get(recv_exact(conn, n).decode())
+        except KVStoreError as exc:
+            conn.sendall(dp.pack_status(exc.code.value[0], str(exc)))
+            return None
+        conn.sendall(dp.pack_status(0))
+        return session
+
+    def _get(self, conn: socket.socket, session: Session) -> None:
+        (n,) = dp.U32.unpack(recv_exact(conn, dp.U32.size))
+        if n > dp.MAX_KEYS:
+            raise ConnectionClosed(f"GET of {n} keys exceeds {dp.MAX_KEYS}")
+        keys = recv_exact(conn, 16 * n)
+        for i in range(n):
+            lease = self.core.get(session, keys[16 * i:16 * i + 16])
+            if lease is None:
+                conn.sendall(b"\x00")
+                continue
+            with lease:
+                meta = info_to_pb(lease.info).SerializeToString()
+                conn.sendall(b"\x01" + dp.U32.pack(len(meta)) + meta)
+                for view in lease.views:
+                    conn.sendall(view)
+
+    def _put(self, conn: socket.socket, session: Session) -> None:
+        (m,) = dp.U32.unpack(recv_exact(conn, dp.U32.size))
+        if m > dp.MAX_META_BYTES:
+            raise ConnectionClosed(f"chunk meta of {m} bytes exceeds {dp.MAX_META_BYTES}")
+        started = time.perf_counter()
+        try:
+            try:
+                meta = pb.ChunkMeta.FromString(recv_exact(conn, m))
+            except Exception as exc:  # protobuf's DecodeError has no stable import path
+                raise InvalidArgument(f"chunk meta is not a valid ChunkMeta: {exc}") from exc
+            res = self.core.begin_put(session, info_from_pb(meta))
+        except KVStoreError as exc:
+            conn.sendall(dp.pack_status(exc.code.value[0], str(exc)))
+            return
+        try:
+            conn.sendall(dp.pack_status(0))
+            for view in res.views:
+                recv_exact_into(conn, view)
+            tier = self.core.finish_put(session, res, started)
+        except KVStoreError as exc:
+            conn.sendall(dp.pack_status(exc.code.value[0], str(exc)))
+            return
+        except BaseException:
+            res.abort()
+            raise
+        conn.sendall(dp.pack_status(0, tier))

@@ -1,0 +1,142 @@
+"""The gRPC KVStore servicer (grpc.aio): thin, delegating to StoreCore.
+
+Errors from the core (the kvstore.errors hierarchy) become gRPC statuses here and nowhere else;
+a stream that fails part-way leaves every chunk committed before the failure stored and never a
+partial one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from kvstore.errors import ERROR_METADATA, InvalidArgument, KVStoreError
+from kvstore.server.core import StoreCore
+from kvstore.server.sessions import Session
+from kvstore.tiers.manager import PutReservation
+from kvstore.v1 import kvstore_pb2 as pb
+from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
+from kvstore.wire import info_from_pb, info_to_pb
+
+log = logging.getLogger(__name__)
+SESSION_METADATA = "kvstore-session"
+T = TypeVar("T")
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, KVStoreError):
+        context.set_trailing_metadata(((ERROR_METADATA, type(exc).__name__),))
+        await context.abort(exc.code, str(exc))
+    log.exception("internal error")
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _session(core: StoreCore, context: grpc.aio.ServicerContext) -> Session:
+    sid = dict(context.invocation_metadata() or ()).get(SESSION_METADATA)
+    return core.sessions.get(sid)
+
+
+class KVStoreServicer(pb_grpc.KVStoreServicer):
+    def __init__(self, core: StoreCore) -> None:
+        self.core = core
+
+    async def _unary(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Exception as exc:  # every error becomes a status; the node keeps serving
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def Handshake(self, request: pb.HandshakeRequest, context: Any) -> pb.HandshakeResponse:
+        return await self._unary(context, lambda: self.core.handshake(request))
+
+    async def Lookup(self, request: pb.LookupRequest, context: Any) -> pb.LookupResponse:
+        return await self._unary(
+            context, lambda: self.core.lookup(_session(self.core, context), request))
+
+    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        return await self._unary(context, lambda: pb.DeleteResponse(
+            deleted=self.core.delete(_session(self.core, context), request.keys)))
+
+    async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+        return await self._unary(context, self.core.stats_pb)
+
+    async def Put(self, request_iterator: AsyncIterator[pb.PutRequest],
+                  context: Any) -> pb.PutResponse:
+        resp = pb.PutResponse()
+        res: PutReservation | None = None
+        try:
+            session = _session(self.core, context)
+            pos, started = 0, 0.0
+            async for msg in request_iterator:
+                if msg.HasField("meta"):
+                    if res is not None:
+                        _truncated(res, pos)
+                    started = time.perf_counter()
+                    res = await asyncio.to_thread(self.core.begin_put, session,
+                                                  info_from_pb(msg.meta))
+                    pos = 0
+                elif msg.HasField("data"):
+                    if res is None:
+                        raise InvalidArgument("data frame before any chunk meta")
+                    pos = _write_frame(res, pos, msg.data)
+                    if pos == res.info.payload_bytes:
+                        tier = await asyncio.to_thread(self.core.finish_put, session, res,
+                                                       started)
+                        resp.results.add(key=res.info.key, stored=True, tier=tier)
+                        res = None
+                else:
+                    raise InvalidArgument("empty PutRequest: set meta or data")
+            if res is not None:
+                _truncated(res, pos)
+            return resp
+        except Exception as exc:
+            if res is not None:
+                res.abort()
+            await _abort(context, exc)
+            raise
+
+    async def Get(self, request: pb.GetRequest, context: Any) -> AsyncIterator[pb.GetResponse]:
+        try:
+            session = _session(self.core, context)
+            frame = request.frame_bytes or self.core.config.frame_bytes
+            frame = min(max(frame, 4096), self.core.config.frame_bytes)
+            for key in request.keys:
+                lease = await asyncio.to_thread(self.core.get, session, key)
+                if lease is None:
+                    yield pb.GetResponse(header=pb.GetHeader(key=key, found=False))
+                    continue
+                with lease:
+                    yield pb.GetResponse(header=pb.GetHeader(
+                        key=key, found=True, meta=info_to_pb(lease.info), tier=lease.tier))
+                    for view in lease.views:
+                        for off in range(0, len(view), frame):
+                            yield pb.GetResponse(data=bytes(view[off:off + frame]))
+        except Exception as exc:
+            await _abort(context, exc)
+
+
+def _write_frame(res: PutReservation, pos: int, data: bytes) -> int:
+    end = pos + len(data)
+    if end > res.info.payload_bytes:
+        raise InvalidArgument(f"chunk {res.info.key.hex()}: more data than the declared "
+                              f"{res.info.payload_bytes} bytes")
+    src = memoryview(data)
+    off = 0
+    for v in res.views:  # copy into the reserved pages spanning [pos, end)
+        if off + len(v) > pos and off < end:
+            lo, hi = max(pos, off), min(end, off + len(v))
+            v[lo - off:hi - off] = src[lo - pos:hi - pos]
+        off += len(v)
+    return end
+
+
+def _truncated(res: PutReservation, pos: int) -> None:
+    raise InvalidArgument(f"chunk {res.info.key.hex()} truncated: got {pos} of "
+                          f"{res.info.payload_bytes} declared bytes; nothing stored")
+

@@ -1,0 +1,80 @@
+"""Handshake checks and the session table.
+
+A session binds a connection's calls to one key scheme (model, dtype, layout, chunk size, tenant).
+The node refuses a scheme it does not serve with FAILED_PRECONDITION naming the differing field:
+a silent 0% hit rate from mismatched keys is the failure users of other caches report most.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from kvstore.config import ModelSpec
+from kvstore.errors import SchemeMismatch, SessionRequired
+from kvstore.keys import HASH_ALGORITHM, SCHEME_VERSION, KeyScheme
+from kvstore.v1 import kvstore_pb2 as pb
+from kvstore.wire import scheme_from_pb
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    scheme: KeyScheme
+    namespace_id: str
+
+
+def check_scheme(m: pb.KeyScheme, models: tuple[ModelSpec, ...]) -> KeyScheme:
+    """The client's scheme if this node serves it, else SchemeMismatch naming the difference."""
+    if m.hash_algorithm != HASH_ALGORITHM or m.version != SCHEME_VERSION:
+        raise SchemeMismatch(
+            f"key scheme differs: client hashes with {m.hash_algorithm or '?'}/v{m.version}, "
+            f"this node with {HASH_ALGORITHM}/v{SCHEME_VERSION}; upgrade the older side")
+    scheme = scheme_from_pb(m)  # INVALID_ARGUMENT for fields no scheme may have
+    if not models:
+        return scheme
+    same_model = [s for s in models if s.model_id == scheme.model_id]
+    if not same_model:
+        served = ", ".join(sorted({s.model_id for s in models}))
+        raise SchemeMismatch(f"model {scheme.model_id!r} is not served by this node "
+                             f"(served: {served})")
+    for field_name, client_value in (("kv_dtype", scheme.kv_dtype),
+                                     ("kv_layout", scheme.kv_layout),
+                                     ("chunk_tokens", scheme.chunk_tokens)):
+        values = {getattr(s, field_name) for s in same_model}
+        if client_value not in values:
+            raise SchemeMismatch(
+                f"{field_name} differs for model {scheme.model_id!r}: client {client_value!r}, "
+                f"node {sorted(values)!r}")
+        same_model = [s for s in same_model if getattr(s, field_name) == client_value]
+    return scheme
+
+
+class SessionTable:
+    def __init__(self, models: tuple[ModelSpec, ...], max_sessions: int = 65536) -> None:
+        self.models = models
+        self.max_sessions = max_sessions
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    def open(self, m: pb.KeyScheme) -> Session:
+        scheme = check_scheme(m, self.models)
+        s = Session(secrets.token_hex(16), scheme, scheme.namespace_id())
+        with self._lock:
+            self._sessions[s.session_id] = s
+            while len(self._sessions) > self.max_sessions:  # forget the oldest; it re-handshakes
+                self._sessions.popitem(last=False)
+        return s
+
+    def get(self, session_id: str | None) -> Session:
+        if not session_id:
+            raise SessionRequired("no session: call Handshake first and send its session_id "
+                                  "in the 'kvstore-session' metadata")
+        with self._lock:
+            s = self._sessions.get(session_id)
+        if s is None:
+            raise SessionRequired("unknown session (the node may have restarted): "
+                                  "call Handshake again")
+        return s

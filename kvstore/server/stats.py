@@ -1,0 +1,84 @@
+"""Node-level counters: hits, misses, bytes, latencies, per-namespace figures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class NamespaceCounters:
+    model_id: str = ""
+    tenant: str = ""
+    hits: int = 0
+    misses: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class LatencyWindow:
+    """The last ``size`` latencies of one operation, for p50/p99 (a sliding window, not all time)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.samples: deque[float] = deque(maxlen=size)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+        self.count += 1
+
+    def percentiles_ms(self) -> tuple[float, float]:
+        if not self.samples:
+            return 0.0, 0.0
+        p50, p99 = np.percentile(np.fromiter(self.samples, float), [50, 99])
+        return float(p50) * 1e3, float(p99) * 1e3
+
+
+class NodeStats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.hits = self.misses = self.bytes_in = self.bytes_out = 0
+        self.puts = self.rejected = 0
+        self.latency = {op: LatencyWindow() for op in ("get", "put", "lookup")}
+        self.namespaces: dict[str, NamespaceCounters] = {}
+
+    def namespace(self, ns: str, model_id: str = "", tenant: str = "") -> NamespaceCounters:
+        with self._lock:
+            c = self.namespaces.get(ns)
+            if c is None:
+                c = self.namespaces[ns] = NamespaceCounters(model_id, tenant)
+            return c
+
+    def record_get(self, ns: str, hit: bool, nbytes: int, seconds: float) -> None:
+        c = self.namespace(ns)
+        with self._lock:
+            if hit:
+                self.hits += 1
+                self.bytes_out += nbytes
+                c.hits += 1
+                c.bytes_out += nbytes
+            else:
+                self.misses += 1
+                c.misses += 1
+            self.latency["get"].add(seconds)
+
+    def record_put(self, ns: str, nbytes: int, seconds: float) -> None:
+        c = self.namespace(ns)
+        with self._lock:
+            self.puts += 1
+            self.bytes_in += nbytes
+            c.bytes_in += nbytes
+            self.latency["put"].add(seconds)
+
+    def record_rejected(self) -> None:
+        with self._lock:
+            self.rejected += 1
+
+    def record_lookup(self, seconds: float) -> None:
+        with self._lock:
+            self.latency["lookup"].add(seconds)

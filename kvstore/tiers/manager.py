@@ -1,0 +1,453 @@
+"""TierManager: where each chunk lives, and how it moves between tiers.
+
+Memory tiers (GPU, then CPU) sit above an optional disk tier. A chunk lives in at most one memory
+tier and may also have a copy on disk. Puts land in the top memory tier; making room demotes the
+policy's victims one tier down (GPU -> CPU -> disk -> dropped; disk admission decides whether the
+last step writes); a hit on a lower tier promotes the chunk to the top tier.
+
+Concurrency: one lock guards the index and allocators. Bulk byte movement (receiving a put,
+sending a get, disk reads for promotion and prefetch) happens outside it: a put fills a reserved
+allocation that is not yet in the index, and a get pins its entry so eviction skips it until the
+reader releases the lease. Disk writes for demotion happen under the lock (a known cost: puts that
+must evict wait for the demoted chunk's write).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from kvstore.chunk import ChunkInfo, checksum
+from kvstore.config import NodeConfig
+from kvstore.errors import CapacityError, ChecksumMismatch
+from kvstore.tiers.disk import DiskTier
+from kvstore.tiers.memory import MemoryTier
+from kvstore.tiers.policy import EvictionPolicy, admit_to_disk, make_policy
+from kvstore.tiers.pool import Allocation
+from kvstore.tiers.stats import TierCounters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Entry:
+    info: ChunkInfo
+    namespace: str
+    mem: MemoryTier | None = None
+    alloc: Allocation | None = None
+    disk_bytes: int = 0          # > 0 when a copy is on disk
+    pins: int = 0                # readers holding zero-copy views
+    hits: int = 0
+    doomed: bool = False         # removed while pinned: free memory on last release
+
+    @property
+    def tier(self) -> str:
+        return self.mem.name if self.mem else "disk"
+
+
+@dataclass
+class Lease:
+    """A chunk's bytes, valid until ``release()`` (views point into the tier's memory)."""
+
+    info: ChunkInfo
+    tier: str
+    views: list[memoryview]
+    _release: object = None
+
+    def release(self) -> None:
+        if callable(self._release):
+            self._release()
+            self._release = None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class PutReservation:
+    """Room for one incoming chunk; fill ``views`` then call commit() (or abort())."""
+
+    manager: TierManager
+    info: ChunkInfo
+    namespace: str
+    tier: MemoryTier
+    alloc: Allocation
+    views: list[memoryview] = field(default_factory=list)
+    staging: torch.Tensor | None = None
+    done: bool = False
+
+    def commit(self) -> str:
+        return self.manager._commit(self)
+
+    def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            with self.manager._lock:
+                self.tier.free(self.alloc)
+
+
+class TierManager:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._lock = threading.RLock()
+        self.mem_tiers: list[MemoryTier] = []
+        gpu = _gpu_device(config)
+        if gpu and config.gpu_capacity_bytes:
+            self.mem_tiers.append(MemoryTier("gpu", config.gpu_capacity_bytes, config.page_bytes,
+                                             device="cpu" if gpu == "sim" else gpu,
+                                             simulated_device=gpu == "sim"))
+        self.mem_tiers.append(MemoryTier("cpu", config.cpu_capacity_bytes, config.page_bytes))
+        self.disk = (DiskTier(config.data_dir, config.disk_capacity_bytes, config.fsync)
+                     if config.disk_capacity_bytes else None)
+        names = [t.name for t in self.mem_tiers] + (["disk"] if self.disk else [])
+        self.counters = {n: TierCounters() for n in names}
+        self._policy: dict[str, EvictionPolicy] = {n: make_policy(config.eviction_policy)
+                                                   for n in names}
+        self._index: dict[bytes, Entry] = {}
+        self._children: dict[bytes, set[bytes]] = {}
+        self._prefetching: set[bytes] = set()
+        self._prefetch_pool = ThreadPoolExecutor(config.prefetch_workers,
+                                                 thread_name_prefix="kvstore-prefetch")
+        self.prefetches = 0
+        self.prefetch_dropped = 0
+        if self.disk:
+            self._load_disk_index()
+
+    # ---- put -------------------------------------------------------------------------------
+    def reserve(self, info: ChunkInfo, namespace: str) -> PutReservation:
+        """Make room in the top memory tier for a chunk of ``info.payload_bytes``."""
+        info.validate(self.config.max_chunk_bytes)
+        top = self.mem_tiers[0]
+        with self._lock:
+            alloc = self._make_room(0, info.payload_bytes)
+        res = PutReservation(self, info, namespace, top, alloc)
+        views = top.write_views(alloc)
+        if views is None:  # device tier: receive into host staging, copy on commit
+            res.staging = torch.empty(info.payload_bytes, dtype=torch.uint8)
+            views = [memoryview(res.staging.numpy())]
+        res.views = views
+        return res
+
+    def _commit(self, res: PutReservation) -> str:
+        if checksum(res.views) != res.info.checksum:
+            res.abort()
+            raise ChecksumMismatch(
+                f"chunk {res.info.key.hex()}: payload does not match its checksum "
+                "(corrupted in transit); nothing stored")
+        if res.staging is not None:
+            res.tier.write_from(res.alloc, res.staging)
+        with self._lock:
+            res.done = True
+            self._remove(res.info.key)
+            entry = Entry(res.info, res.namespace, res.tier, res.alloc)
+            self._insert(entry)
+            write_through = self.disk is not None and self.config.disk_admission == "write-through"
+            if write_through:
+                entry.pins += 1
+        if write_through:
+            self._prefetch_pool.submit(self._write_through, entry)
+        return res.tier.name
+
+    def put(self, info: ChunkInfo, namespace: str, data: bytes | memoryview) -> str:
+        """Store bytes already in memory (tests, tools); the servers stream into reserve()."""
+        res = self.reserve(info, namespace)
+        try:
+            _copy_into(res.views, memoryview(data).cast("B"))
+        except ValueError:
+            res.abort()
+            raise
+        return res.commit()
+
+    # ---- get -------------------------------------------------------------------------------
+    def get(self, key: bytes) -> Lease | None:
+        """A lease on the chunk's bytes, or None (miss, or dropped as corrupt)."""
+        with self._lock:
+            entry = self._index.get(key)
+            if entry is None:
+                return None
+            entry.hits += 1
+            self.counters[entry.tier].hits += 1
+            if entry.mem is not None:
+                self._policy[entry.mem.name].touch(key)
+                if entry.mem is not self.mem_tiers[0]:
+                    self._promote_in_memory(entry)
+                return self._lease(entry)
+        data = self._read_disk(entry)
+        if data is None:
+            return None
+        self._promote_from_disk(entry, data)
+        return Lease(entry.info, "disk", [memoryview(data)])
+
+    def _lease(self, entry: Entry) -> Lease:
+        assert entry.mem is not None and entry.alloc is not None
+        entry.pins += 1
+        return Lease(entry.info, entry.mem.name, entry.mem.read_views(entry.alloc),
+                     lambda: self._unpin(entry))
+
+    def _unpin(self, entry: Entry) -> None:
+        with self._lock:
+            entry.pins -= 1
+            if entry.doomed and entry.pins == 0 and entry.mem and entry.alloc:
+                entry.mem.free(entry.alloc)
+                entry.mem, entry.alloc = None, None
+
+    def _read_disk(self, entry: Entry) -> bytearray | None:
+        assert self.disk is not None
+        try:
+            return self.disk.read(entry.info, entry.namespace)
+        except ChecksumMismatch as exc:
+            log.warning("dropping corrupt chunk: %s", exc)
+            with self._lock:
+                self.counters["disk"].corrupt_dropped += 1
+                if self._index.get(entry.info.key) is entry:
+                    self._remove(entry.info.key)
+            return None
+
+    def _promote_from_disk(self, entry: Entry, data: bytearray) -> None:
+        top = self.mem_tiers[0]
+        with self._lock:
+            if self._index.get(entry.info.key) is not entry or entry.mem is not None:
+                return
+            try:
+                alloc = self._make_room(0, entry.info.payload_bytes)
+            except CapacityError:
+                return  # everything pinned: serve from the disk copy without promoting
+        _write_alloc(top, alloc, data)
+        with self._lock:
+            if self._index.get(entry.info.key) is not entry or entry.mem is not None:
+                top.free(alloc)
+                return
+            entry.mem, entry.alloc = top, alloc
+            self._policy[top.name].add(entry.info.key)
+            self.counters["disk"].promotions_out += 1
+
+    def _promote_in_memory(self, entry: Entry) -> None:
+        """Move a hit from a lower memory tier to the top one if there is room without eviction."""
+        top = self.mem_tiers[0]
+        assert entry.mem is not None and entry.alloc is not None
+        if entry.pins:
+            return
+        alloc = top.alloc(entry.info.payload_bytes)
+        if alloc is None:
+            return
+        entry.mem.copy_between(entry.alloc, top, alloc)
+        self._policy[entry.mem.name].remove(entry.info.key)
+        self.counters[entry.mem.name].promotions_out += 1
+        entry.mem.free(entry.alloc)
+        entry.mem, entry.alloc = top, alloc
+        self._policy[top.name].add(entry.info.key)
+
+    # ---- lookup, prefetch, delete ----------------------------------------------------------
+    def lookup(self, keys: Sequence[bytes]) -> list[Entry | None]:
+        with self._lock:
+            return [self._index.get(k) for k in keys]
+
+    def prefetch(self, keys: Iterable[bytes], next_n: int = 0) -> int:
+        """Queue background promotion of disk-only chunks (and up to next_n chain successors)."""
+        wanted = list(keys)
+        with self._lock:
+            if next_n and wanted:
+                wanted += self._successors(wanted[-1], next_n)
+            todo = [e for k in wanted if (e := self._index.get(k)) is not None
+                    and e.mem is None and k not in self._prefetching]
+            room = self.config.prefetch_queue - len(self._prefetching)
+            self.prefetch_dropped += max(0, len(todo) - room)
+            todo = todo[:max(0, room)]
+            self._prefetching.update(e.info.key for e in todo)
+        for e in todo:
+            self._prefetch_pool.submit(self._prefetch_one, e)
+        return len(todo)
+
+    def _successors(self, key: bytes, n: int) -> list[bytes]:
+        out: list[bytes] = []
+        frontier = [key]
+        while frontier and len(out) < n:
+            nxt = sorted(self._children.get(frontier.pop(0), ()))
+            out += nxt[:n - len(out)]
+            frontier += nxt
+        return out
+
+    def _prefetch_one(self, entry: Entry) -> None:
+        try:
+            data = self._read_disk(entry)
+            if data is not None:
+                self._promote_from_disk(entry, data)
+                with self._lock:
+                    self.prefetches += 1
+        finally:
+            with self._lock:
+                self._prefetching.discard(entry.info.key)
+
+    def delete(self, keys: Iterable[bytes]) -> int:
+        with self._lock:
+            return sum(self._remove(k) for k in keys)
+
+    # ---- internals (call with the lock held) -----------------------------------------------
+    def _insert(self, entry: Entry) -> None:
+        key = entry.info.key
+        self._index[key] = entry
+        self._policy[entry.tier].add(key)
+        if entry.disk_bytes and entry.mem is not None:
+            self._policy["disk"].add(key)
+        if entry.info.parent_key:
+            self._children.setdefault(entry.info.parent_key, set()).add(key)
+
+    def _remove(self, key: bytes) -> bool:
+        entry = self._index.pop(key, None)
+        if entry is None:
+            return False
+        for policy in self._policy.values():
+            policy.remove(key)
+        if entry.info.parent_key in self._children:
+            self._children[entry.info.parent_key].discard(key)
+            if not self._children[entry.info.parent_key]:
+                del self._children[entry.info.parent_key]
+        if entry.disk_bytes and self.disk:
+            self.disk.delete(key, entry.disk_bytes)
+            entry.disk_bytes = 0
+        if entry.mem is not None and entry.alloc is not None:
+            if entry.pins:
+                entry.doomed = True
+            else:
+                entry.mem.free(entry.alloc)
+                entry.mem, entry.alloc = None, None
+        return True
+
+    def _make_room(self, level: int, nbytes: int) -> Allocation:
+        tier = self.mem_tiers[level]
+        if not tier.fits(nbytes):
+            raise CapacityError(f"chunk of {nbytes} bytes is larger than the {tier.name} tier "
+                                f"({tier.capacity_bytes} bytes)")
+        alloc = tier.alloc(nbytes)
+        for key in self._policy[tier.name].victims():
+            if alloc is not None:
+                break
+            entry = self._index[key]
+            if entry.pins == 0:
+                self._demote(entry, level)
+                alloc = tier.alloc(nbytes)
+        if alloc is None:
+            raise CapacityError(f"{tier.name} tier is full of chunks being read "
+                                f"({tier.used_bytes}/{tier.capacity_bytes} bytes pinned); retry")
+        return alloc
+
+    def _demote(self, entry: Entry, level: int) -> None:
+        src = self.mem_tiers[level]
+        assert entry.alloc is not None
+        key = entry.info.key
+        self.counters[src.name].evictions += 1
+        self._policy[src.name].remove(key)
+        if level + 1 < len(self.mem_tiers):
+            dst = self.mem_tiers[level + 1]
+            try:
+                alloc = self._make_room(level + 1, entry.info.payload_bytes)
+            except CapacityError:
+                alloc = None
+            if alloc is not None:
+                src.copy_between(entry.alloc, dst, alloc)
+                src.free(entry.alloc)
+                entry.mem, entry.alloc = dst, alloc
+                self._policy[dst.name].add(key)
+                self.counters[dst.name].demotions_in += 1
+                return
+        if (self.disk and not entry.disk_bytes
+                and admit_to_disk(self.config.disk_admission, entry.hits)):
+            self._write_disk(entry, src.read_views(entry.alloc))
+        src.free(entry.alloc)
+        entry.mem, entry.alloc = None, None
+        if entry.disk_bytes:
+            self.counters["disk"].demotions_in += 1
+        else:
+            self._remove(key)
+
+    def _write_disk(self, entry: Entry, views: list[memoryview]) -> None:
+        assert self.disk is not None
+        size = self.disk.file_bytes(entry.info, entry.namespace)
+        if size > self.disk.capacity_bytes:
+            return
+        for key in self._policy["disk"].victims():
+            if self.disk.used_bytes + size <= self.disk.capacity_bytes:
+                break
+            victim = self._index[key]
+            if victim is entry:
+                continue
+            self.counters["disk"].evictions += 1
+            if victim.mem is None:
+                self._remove(key)
+            else:  # keep the memory copy, drop only the disk copy
+                self.disk.delete(key, victim.disk_bytes)
+                victim.disk_bytes = 0
+                self._policy["disk"].remove(key)
+        try:
+            entry.disk_bytes = self.disk.write(entry.info, entry.namespace, views)
+        except CapacityError as exc:
+            log.warning("disk tier: %s", exc)
+            return
+        self._policy["disk"].add(entry.info.key)
+
+    def _write_through(self, entry: Entry) -> None:
+        try:
+            with self._lock:
+                if self._index.get(entry.info.key) is entry and not entry.disk_bytes \
+                        and entry.mem is not None and entry.alloc is not None:
+                    self._write_disk(entry, entry.mem.read_views(entry.alloc))
+        finally:
+            self._unpin(entry)
+
+    def _load_disk_index(self) -> None:
+        assert self.disk is not None
+        records = sorted(self.disk.scan(), key=lambda r: r.mtime)  # oldest first = LRU order
+        for rec in records:
+            self._insert(Entry(rec.info, rec.namespace, disk_bytes=rec.file_bytes))
+        if records:
+            log.info("disk tier: rebuilt index of %d chunks (%d bytes)", len(records),
+                     self.disk.used_bytes)
+
+    # ---- introspection ---------------------------------------------------------------------
+    def tier_usage(self) -> list[tuple[str, int, int, int]]:
+        """(name, capacity_bytes, used_bytes, chunks) per tier, top first."""
+        with self._lock:
+            out = []
+            for t in self.mem_tiers:
+                n = sum(1 for e in self._index.values() if e.mem is t)
+                out.append((t.name, t.capacity_bytes, t.used_bytes, n))
+            if self.disk:
+                n = sum(1 for e in self._index.values() if e.disk_bytes)
+                out.append(("disk", self.disk.capacity_bytes, self.disk.used_bytes, n))
+            return out
+
+    def close(self) -> None:
+        self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _gpu_device(config: NodeConfig) -> str | None:
+    if config.gpu_device == "none":
+        return None
+    if config.gpu_device == "auto":
+        return "cuda" if torch.cuda.is_available() else None
+    return config.gpu_device
+
+
+def _copy_into(views: list[memoryview], src: memoryview) -> None:
+    if sum(len(v) for v in views) != len(src):
+        raise ValueError(f"payload is {len(src)} bytes, reservation is {sum(map(len, views))}")
+    pos = 0
+    for v in views:
+        v[:] = src[pos:pos + len(v)]
+        pos += len(v)
+
+
+def _write_alloc(tier: MemoryTier, alloc: Allocation, data: bytearray) -> None:
+    views = tier.write_views(alloc)
+    if views is not None:
+        _copy_into(views, memoryview(data))
+    else:
+        tier.write_from(alloc, torch.frombuffer(data, dtype=torch.uint8))
