@@ -60,7 +60,7 @@ class NodeConfig:
     data_plane: bool = True               # bulk TCP data plane beside gRPC
     data_port: int = 50052                # 0 = pick a free port
     data_dir: str = "./kvstore-data"
-    gpu_device: str = "auto"              # "auto" (cuda if present), "sim" (CPU-simulated), "none", "cuda:N"
+    gpu_device: str = "auto"              # auto (cuda if present), sim (CPU stand-in), none, cuda:N
     gpu_capacity_bytes: int = 0           # 0 = no GPU tier
     cpu_capacity_bytes: int = 1 << 30
     disk_capacity_bytes: int = 8 << 30    # 0 = no disk tier

@@ -43,14 +43,14 @@ _MAX_TOKEN_ID = 2**32 - 1
 class KeyScheme:
     """Everything that must agree between a worker and a store node for keys to mean the same KV.
 
-    ``kv_layout`` names how a chunk's tensor is laid out, e.g. ``"LKTHD"``
-    (layers, k/v, tokens, kv_heads, head_dim). ``tenant`` salts the namespace so tenants never share
-    keys unless they deliberately use the same salt.
+    ``kv_layout`` names how a chunk's tensor is laid out, e.g. ``"LKHTD"`` (layers, k/v, kv heads,
+    tokens, head_dim; one layer is one contiguous byte range). ``tenant`` salts the namespace so
+    tenants never share keys unless they deliberately use the same salt.
     """
 
     model_id: str
     kv_dtype: str
-    kv_layout: str = "LKTHD"
+    kv_layout: str = "LKHTD"
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     tenant: str = ""
     hash_algorithm: str = HASH_ALGORITHM

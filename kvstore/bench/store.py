@@ -141,9 +141,9 @@ def _connect(case: Case, payload: object):  # noqa: ANN202 - returns three closu
                 raise RuntimeError("redis lost a key")
         return rput, rget, r.close
     import torch
+    from kvstore_client import KVStoreClient
 
     from kvstore.keys import KeyScheme
-    from kvstore_client import KVStoreClient
 
     c = KVStoreClient(case.address, KeyScheme("bench", "uint8"),
                       use_data_plane=case.system != "kvstore-grpc")
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
                               f"{r['get_gbps']:.2f} GB/s, put {r['put_gbps']:.2f} GB/s",
                               flush=True)
         finally:
-            for name, s in servers.items():
+            for s in servers.values():
                 if isinstance(s, procs.Proc):
                     s.stop()
                 elif hasattr(s, "terminate"):

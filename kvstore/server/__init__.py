@@ -1,1 +1,3 @@
-"""The store node: gRPC service, bulk data plane, sessions, stats. Imports kvstore.tiers; never the client."""
+"""The store node: gRPC service, bulk data plane, sessions, stats.
+
+Imports kvstore.tiers; never the client."""

@@ -21,7 +21,7 @@ class NamespaceCounters:
 
 
 class LatencyWindow:
-    """The last ``size`` latencies of one operation, for p50/p99 (a sliding window, not all time)."""
+    """The last ``size`` latencies of one operation, for p50/p99 (a window, not all time)."""
 
     def __init__(self, size: int = 4096) -> None:
         self.samples: deque[float] = deque(maxlen=size)

@@ -68,7 +68,7 @@ class DiskTier:
         return len(self._header(info, namespace)) + info.payload_bytes
 
     def write(self, info: ChunkInfo, namespace: str, views: Iterable[memoryview]) -> int:
-        """Write the chunk atomically; returns bytes used. Raises CapacityError if the disk is full."""
+        """Write the chunk atomically; returns bytes used. CapacityError if the disk is full."""
         header = self._header(info, namespace)
         final = self.path(info.key)
         tmp = self.tmp_dir / f"{info.key.hex()}.{uuid.uuid4().hex[:8]}"
