@@ -1,0 +1,1 @@
+"""Trace-driven simulation of a cluster of inference instances, driving the real router."""
