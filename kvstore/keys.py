@@ -24,6 +24,7 @@ Any change to these bytes must bump ``SCHEME_VERSION``; golden vectors in tests/
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -93,8 +94,17 @@ def _token_bytes(tokens: Sequence[int]) -> bytes:
     try:
         return struct.pack(f"<I{len(tokens)}I", len(tokens), *tokens)
     except struct.error as exc:
-        bad = next((t for t in tokens if not (0 <= int(t) <= _MAX_TOKEN_ID)), None)
+        bad = next((t for t in tokens if not _is_token_id(t)), None)
         raise KeySchemeError(f"token ids must be integers in [0, 2^32); got {bad!r}") from exc
+
+
+def _is_token_id(t: object) -> bool:
+    # operator.index, not int(): int() would accept "7" and 1.5 and raise ValueError/TypeError
+    # (not KeySchemeError) for None or b"..."
+    try:
+        return 0 <= operator.index(t) <= _MAX_TOKEN_ID  # type: ignore[arg-type]
+    except TypeError:
+        return False
 
 
 def split_chunks(

@@ -30,7 +30,7 @@ from kvstore.errors import (
     SessionRequired,
     error_for_status,
 )
-from kvstore.keys import KeyScheme
+from kvstore.keys import KeyScheme, validate_key
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 from kvstore.wire import scheme_to_pb
@@ -138,19 +138,22 @@ class AsyncKVStoreClient:
         timeout = deadline_s or self.options.deadline_s
 
         async def attempt() -> T:
-            assert self._pool is not None
-            conn = await self._pool.acquire()
-            healthy = False
+            pool = self._pool  # release to the pool we acquired from, even if a re-handshake
+            assert pool is not None  # replaced self._pool meanwhile
             try:
+                # the deadline covers acquire too: opening a connection waits for HELLO's reply
                 async with asyncio.timeout(timeout):
-                    result = await op(conn)
-                healthy = True
-                return result
+                    conn = await pool.acquire()
+                    healthy = False
+                    try:
+                        result = await op(conn)
+                        healthy = True
+                        return result
+                    finally:
+                        pool.release(conn, healthy)
             except TimeoutError:
                 raise DeadlineExceeded(f"data-plane call to {self.address} exceeded its "
                                        f"{timeout:.3g} s deadline") from None
-            finally:
-                self._pool.release(conn, healthy)
 
         try:
             return await self.options.retry.run(attempt)
@@ -227,6 +230,8 @@ class AsyncKVStoreClient:
                        ) -> list[tuple[pb.ChunkMeta, torch.Tensor] | None]:
         if not keys:
             return []
+        for key in keys:  # the data plane frames keys as 16-byte records: check before sending
+            validate_key(key)
         if out is not None and len(out) != len(keys):
             raise InvalidArgument(f"{len(keys)} keys but {len(out)} output buffers")
         buffers = [_byte_buffer(t) for t in out] if out is not None else None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from kvstore import dataplane as dp
-from kvstore.errors import Unavailable, error_for_status
+from kvstore.errors import FailedPrecondition, SessionRequired, Unavailable, error_for_status
 from kvstore.v1 import kvstore_pb2 as pb
 
 
@@ -35,8 +35,17 @@ class DataConnection:
             raise Unavailable(f"data plane {host}:{port} unreachable: {exc}") from exc
         conn = cls(sock)
         sid = session_id.encode()
-        await conn.send(dp.HELLO.pack(dp.MAGIC, dp.VERSION, len(sid)) + sid)
-        await conn.read_status()
+        try:
+            await conn.send(dp.HELLO.pack(dp.MAGIC, dp.VERSION, len(sid)) + sid)
+            await conn.read_status()
+        except FailedPrecondition as exc:
+            # STATUS frames carry only the code; a refused HELLO means the node does not know
+            # our session (it restarted), which the caller answers with a new Handshake.
+            conn.close()
+            raise SessionRequired(str(exc)) from None
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def close(self) -> None:

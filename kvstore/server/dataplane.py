@@ -117,7 +117,8 @@ class DataPlaneServer:
                                         f"not a kvstore data-plane v{dp.VERSION} client"))
             return None
         try:
-            session = self.core.sessions.get(recv_exact(conn, n).decode())
+            # errors="replace": a garbled id is an unknown session, not a dead connection thread
+            session = self.core.sessions.get(recv_exact(conn, n).decode(errors="replace"))
         except KVStoreError as exc:
             conn.sendall(dp.pack_status(exc.code.value[0], str(exc)))
             return None

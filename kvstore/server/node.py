@@ -53,6 +53,8 @@ class StoreNode:
         self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+        if not cfg.node_id:  # with port 0, resolved_node_id would say ":0" for every node
+            self.core.node_id = f"{cfg.host}:{self.port}"
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

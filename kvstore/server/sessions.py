@@ -58,12 +58,14 @@ class SessionTable:
         self.max_sessions = max_sessions
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._schemes: dict[str, KeyScheme] = {}  # namespace id -> scheme; never forgotten
 
     def open(self, m: pb.KeyScheme) -> Session:
         scheme = check_scheme(m, self.models)
         s = Session(secrets.token_hex(16), scheme, scheme.namespace_id())
         with self._lock:
             self._sessions[s.session_id] = s
+            self._schemes[s.namespace_id] = scheme
             while len(self._sessions) > self.max_sessions:  # forget the oldest; it re-handshakes
                 self._sessions.popitem(last=False)
         return s
@@ -78,3 +80,8 @@ class SessionTable:
             raise SessionRequired("unknown session (the node may have restarted): "
                                   "call Handshake again")
         return s
+
+    def scheme(self, namespace_id: str) -> KeyScheme | None:
+        """The key scheme of a namespace some session opened since start (None if none did)."""
+        with self._lock:
+            return self._schemes.get(namespace_id)

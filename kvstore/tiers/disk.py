@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from kvstore import wire
 from kvstore.chunk import ChunkInfo, checksum
 from kvstore.errors import CapacityError, ChecksumMismatch
@@ -118,7 +120,7 @@ class DiskTier:
         for path in sorted(self.chunks_dir.glob("*/*.kvc")):
             try:
                 rec = self._read_header(path)
-            except (OSError, ValueError, struct.error) as exc:
+            except (OSError, ValueError, struct.error, DecodeError) as exc:
                 log.warning("removing unreadable chunk file %s: %s", path, exc)
                 path.unlink(missing_ok=True)
                 continue

@@ -150,8 +150,8 @@ class TierManager:
             entry = Entry(res.info, res.namespace, res.tier, res.alloc)
             self._insert(entry)
             write_through = self.disk is not None and self.config.disk_admission == "write-through"
-            if write_through:
-                entry.pins += 1
+        # Not pinned while queued: a pin would make puts that outrun the writer fail as "full of
+        # chunks being read". If the chunk is demoted first, the demotion writes it to disk.
         if write_through:
             self._prefetch_pool.submit(self._write_through, entry)
         return res.tier.name
@@ -216,6 +216,10 @@ class TierManager:
         with self._lock:
             if self._index.get(entry.info.key) is not entry or entry.mem is not None:
                 return
+            # A disk hit is the disk tier's most recent use. Without this touch the chunk stays
+            # the disk LRU victim, and making room for it (demotions into a full disk) would
+            # drop the very chunk being promoted.
+            self._policy["disk"].touch(entry.info.key)
             try:
                 alloc = self._make_room(0, entry.info.payload_bytes)
             except CapacityError:
@@ -394,13 +398,10 @@ class TierManager:
         self._policy["disk"].add(entry.info.key)
 
     def _write_through(self, entry: Entry) -> None:
-        try:
-            with self._lock:
-                if self._index.get(entry.info.key) is entry and not entry.disk_bytes \
-                        and entry.mem is not None and entry.alloc is not None:
-                    self._write_disk(entry, entry.mem.read_views(entry.alloc))
-        finally:
-            self._unpin(entry)
+        with self._lock:
+            if self._index.get(entry.info.key) is entry and not entry.disk_bytes \
+                    and entry.mem is not None and entry.alloc is not None:
+                self._write_disk(entry, entry.mem.read_views(entry.alloc))
 
     def _load_disk_index(self) -> None:
         assert self.disk is not None
@@ -412,6 +413,14 @@ class TierManager:
                      self.disk.used_bytes)
 
     # ---- introspection ---------------------------------------------------------------------
+    def keys(self) -> list[tuple[bytes, int, str]]:
+        """Snapshot of every chunk as (key, payload_bytes, namespace), e.g. for rebalancing.
+
+        A chunk may be evicted or deleted right after the snapshot: readers must expect misses.
+        """
+        with self._lock:
+            return [(k, e.info.payload_bytes, e.namespace) for k, e in self._index.items()]
+
     def tier_usage(self) -> list[tuple[str, int, int, int]]:
         """(name, capacity_bytes, used_bytes, chunks) per tier, top first."""
         with self._lock:

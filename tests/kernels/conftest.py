@@ -4,26 +4,18 @@ TRITON_INTERPRET must be set before any kvstore_kernels kernel module is importe
 picks interpreted or compiled mode when the kernel is defined (see kvstore_kernels/_backend.py).
 On a GPU machine, run the compiled kernels with `TRITON_INTERPRET=0 pytest -m gpu tests/kernels`.
 
-The flag is set when this file is imported (collection, before the test modules here import the
-kernels), restored once collection ends so other test directories keep backend "auto" -> torch on
-CPU, and set again around each test in this directory.
+The root tests/conftest.py sets the flag before any test module is imported (other directories
+import the kernels too) and restores it once collection ends, so other test directories keep
+backend "auto" -> torch on CPU; here it is set again around each test.
 """
 
 import os
 
-_OUTER_VALUE = os.environ.get("TRITON_INTERPRET")
-os.environ.setdefault("TRITON_INTERPRET", "1")
-_KERNEL_TESTS_VALUE = os.environ["TRITON_INTERPRET"]
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-
-def pytest_collection_finish(session):
-    if _OUTER_VALUE is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _OUTER_VALUE
+# Read while collecting, when the root conftest has the flag set ("1", or "0" given on a GPU).
+_KERNEL_TESTS_VALUE = os.environ.get("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
