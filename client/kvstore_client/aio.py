@@ -98,16 +98,17 @@ class AsyncKVStoreClient:
     async def handshake(self) -> pb.HandshakeResponse:
         req = pb.HandshakeRequest(scheme=scheme_to_pb(self.scheme),
                                   client_name=self.options.client_name)
-        self.session = await self._rpc(
+        session: pb.HandshakeResponse = await self._rpc(
             lambda md, t: self._stub.Handshake(req, timeout=t), session=False)
+        self.session = session
         if self._pool:
             self._pool.close()
         self._pool = None
-        if self.options.use_data_plane and self.session.data_port:
+        if self.options.use_data_plane and session.data_port:
             host = self.address.rsplit(":", 1)[0].strip("[]")
-            self._pool = ConnectionPool(host, self.session.data_port, lambda: self.session_id,
+            self._pool = ConnectionPool(host, session.data_port, lambda: self.session_id,
                                         self.options.max_connections)
-        return self.session
+        return session
 
     @property
     def session_id(self) -> str:
@@ -223,7 +224,7 @@ class AsyncKVStoreClient:
     async def get_bytes_many(self, keys: Sequence[bytes], *,
                              deadline_s: float | None = None) -> list[memoryview | None]:
         raws = await self._get_raw(keys, None, deadline_s)
-        return [None if r is None else memoryview(r[1].numpy()) for r in raws]
+        return [None if r is None else r[1].numpy().data for r in raws]
 
     async def _get_raw(self, keys: Sequence[bytes], out: Sequence[torch.Tensor] | None,
                        deadline_s: float | None
@@ -244,7 +245,7 @@ class AsyncKVStoreClient:
                 raise InvalidArgument(f"output buffer {index} holds {buf.numel()} bytes; chunk "
                                       f"{meta.key.hex()} needs {meta.payload_bytes}")
             raw = buf[:meta.payload_bytes]
-            return raw, memoryview(raw.numpy())
+            return raw, raw.numpy().data
 
         if self._pool is not None:
             groups = _split(list(enumerate(keys)), self.options.max_connections)
@@ -296,7 +297,7 @@ class AsyncKVStoreClient:
                   ) -> tuple[pb.ChunkMeta, torch.Tensor] | None:
         if r is None or not self.options.verify_checksums:
             return r
-        if checksum([memoryview(r[1].numpy())]) != r[0].checksum:
+        if checksum([r[1].numpy().data]) != r[0].checksum:
             self.corrupt_received += 1
             log.warning("chunk %s failed its checksum after transfer; treated as a miss",
                         r[0].key.hex())

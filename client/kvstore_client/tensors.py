@@ -36,7 +36,7 @@ def as_bytes_view(data: torch.Tensor | BytesLike) -> tuple[memoryview, str, tupl
         if t.device.type != "cpu" or not t.is_contiguous():
             t = t.detach().to("cpu", copy=False).contiguous()
         flat = t.detach().reshape(-1).view(torch.uint8)
-        return memoryview(flat.numpy()), dtype_name(data.dtype), tuple(data.shape), t
+        return flat.numpy().data, dtype_name(data.dtype), tuple(data.shape), t
     view = memoryview(data).cast("B")
     return view, "uint8", (len(view),), None
 
@@ -44,7 +44,7 @@ def as_bytes_view(data: torch.Tensor | BytesLike) -> tuple[memoryview, str, tupl
 def empty_for(dtype: str, shape: Sequence[int], nbytes: int) -> tuple[torch.Tensor, memoryview]:
     """A tensor to receive ``nbytes`` into, and a writable byte view of its storage."""
     raw = torch.empty(nbytes, dtype=torch.uint8)
-    return raw, memoryview(raw.numpy())
+    return raw, raw.numpy().data
 
 
 def view_as(raw: torch.Tensor, dtype: str, shape: Sequence[int]) -> torch.Tensor:

@@ -113,10 +113,10 @@ class StoreCore:
         for op, window in s.latency.items():
             p50, p99 = window.percentiles_ms()
             resp.latencies.add(op=op, count=window.count, p50_ms=p50, p99_ms=p99)
-        for ns, c in sorted(s.namespaces.items()):
-            resp.namespaces.add(namespace_id=ns, model_id=c.model_id, tenant=c.tenant,
-                                hits=c.hits, misses=c.misses, bytes_in=c.bytes_in,
-                                bytes_out=c.bytes_out)
+        for ns, nc in sorted(s.namespaces.items()):
+            resp.namespaces.add(namespace_id=ns, model_id=nc.model_id, tenant=nc.tenant,
+                                hits=nc.hits, misses=nc.misses, bytes_in=nc.bytes_in,
+                                bytes_out=nc.bytes_out)
         return resp
 
     def close(self) -> None:

@@ -132,7 +132,7 @@ class TierManager:
         views = top.write_views(alloc)
         if views is None:  # device tier: receive into host staging, copy on commit
             res.staging = torch.empty(info.payload_bytes, dtype=torch.uint8)
-            views = [memoryview(res.staging.numpy())]
+            views = [res.staging.numpy().data]
         res.views = views
         return res
 

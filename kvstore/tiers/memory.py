@@ -50,7 +50,7 @@ class MemoryTier:
         staging = torch.empty(alloc.nbytes, dtype=torch.uint8,
                               pin_memory=torch.cuda.is_available())
         self.pool.copy_to(alloc, staging)
-        return [memoryview(staging.numpy())]
+        return [staging.numpy().data]
 
     def copy_between(self, src_alloc: Allocation, dst: MemoryTier, dst_alloc: Allocation) -> None:
         """Move bytes to another memory tier without a detour through Python bytes."""

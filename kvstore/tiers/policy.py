@@ -63,7 +63,7 @@ class LFU:
         return iter(sorted(self._count, key=lambda k: (self._count[k], self._tick[k])))
 
 
-POLICIES = {"lru": LRU, "fifo": FIFO, "lfu": LFU}
+POLICIES: dict[str, type[LRU] | type[LFU]] = {"lru": LRU, "fifo": FIFO, "lfu": LFU}
 
 
 def make_policy(name: str) -> EvictionPolicy:

@@ -31,7 +31,7 @@ class PagePool:
         self.buffer = torch.empty(self.capacity_bytes, dtype=torch.uint8, device=device,
                                   pin_memory=pin_memory)
         self.device = self.buffer.device
-        self._host_view = (memoryview(self.buffer.numpy()) if self.device.type == "cpu"
+        self._host_view = (self.buffer.numpy().data if self.device.type == "cpu"
                            else None)
         self._free = list(range(self.num_pages - 1, -1, -1))
 
