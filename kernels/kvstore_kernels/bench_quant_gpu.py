@@ -1,0 +1,185 @@
+"""Throughput of the KV quantization kernels against device-to-device copy, on one chunk.
+
+    python -m kvstore_kernels.bench_quant_gpu            # (PYTHONPATH=kernels if not installed)
+
+The chunk is Llama-3-8B-shaped KV in bf16 (32 layers, 8 KV heads, head_dim 128): 512 tokens make
+[32, 2, 8, 512, 128] = 64 MiB. In one run it times torch's copy of the chunk and, for fp8-e4m3,
+kivi-int4 and kivi-int2, the Triton quantize and dequantize kernels (CUDA events, median of
+--reps after --warmup). Each kernel's bandwidth counts the bytes it reads plus the bytes it
+writes, like the copy's (2 x 64 MiB); "share" is kernel GB/s / copy GB/s (the target is >= 50%).
+Before timing, every kernel is checked against its plain-torch reference on the same data
+(payload bytes, and decoding one payload both ways); a failed check marks the row FAIL.
+Prints a table, then one JSON line; exits 1 if any row failed. Finishes in well under a minute on
+an H100. `--device cpu` with TRITON_INTERPRET=1 and a tiny shape is a smoke test of the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kvstore_kernels import fp8, quant_kivi
+
+MIB = 1 << 20
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m kvstore_kernels.bench_quant_gpu",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=512)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    p.add_argument("--group-size", type=int, default=32)
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--json-out", help="also write the JSON line here")
+    return p.parse_args(argv)
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], float]:
+    """median seconds of fn over reps, after warmup calls."""
+
+    def cuda_time(fn: Callable[[], object], reps: int, warmup: int) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
+
+    def cpu_time(fn: Callable[[], object], reps: int, warmup: int) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    return cuda_time if device.type == "cuda" else cpu_time
+
+
+def _kv(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+    x[:, 0, :, :, :4] *= 8  # keys have a few large channels
+    return x.to(dtype)
+
+
+def _codecs(bits_group: int):
+    """name -> (quantize, dequantize(payload, shape, dtype), reference quantize, ref dequantize)"""
+    g = bits_group
+    return {
+        "fp8-e4m3": (lambda x: fp8.fp8_quantize(x, backend="triton"),
+                     lambda p, s, d: fp8.fp8_dequantize(p, s, d, backend="triton"),
+                     fp8.fp8_quantize_ref, fp8.fp8_dequantize_ref),
+        **{f"kivi-int{b}": (
+            lambda x, b=b: quant_kivi.kivi_quantize(x, b, g, backend="triton"),
+            lambda p, s, d, b=b: quant_kivi.kivi_dequantize(p, s, b, g, d, backend="triton"),
+            lambda x, b=b: quant_kivi.kivi_quantize_ref(x, b, g),
+            lambda p, s, d, b=b: quant_kivi.kivi_dequantize_ref(p, s, b, g, d),
+        ) for b in (4, 2)},
+    }
+
+
+def _check(x: torch.Tensor, quant, dequant, ref_quant, ref_dequant) -> tuple[bool, str]:
+    """Kernel vs reference. Exact equality is not expected on a GPU: the compiler contracts
+    multiply-adds into FMAs, so a code at a rounding boundary may differ by one step and a decoded
+    value by one ulp. Allowed: <= 0.1% of payload bytes differ; decoded values within one ulp."""
+    payload, expected = quant(x), ref_quant(x)
+    diff_bytes = (payload != expected).float().mean().item()
+    out, ref_out = dequant(expected, x.shape, x.dtype), ref_dequant(expected, x.shape, x.dtype)
+    # One ulp of the output dtype, plus fp32 ulps of the largest term for results near zero.
+    ulp = (torch.finfo(x.dtype).eps * ref_out.float().abs()
+           + 4 * torch.finfo(torch.float32).eps * x.float().abs().max())
+    bad_values = ((out.float() - ref_out.float()).abs() > ulp).float().mean().item()
+    ok = diff_bytes <= 1e-3 and bad_values == 0.0
+    return ok, (f"payload bytes differing {diff_bytes:.2e}, decoded values off by more than "
+                f"one ulp {bad_values:.2e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_quant_gpu: no CUDA device (use --device cpu with TRITON_INTERPRET=1 and a "
+              "tiny shape for a smoke test)", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype)
+    shape = (args.layers, 2, args.kv_heads, args.tokens, args.head_dim)
+    x = _kv(shape, dtype, device)
+    nbytes = x.numel() * x.element_size()
+    time_fn = _timer(device)
+    dst = torch.empty_like(x)
+    copy_s = time_fn(lambda: dst.copy_(x), args.reps, args.warmup)
+    copy_gbps = 2 * nbytes / copy_s / 1e9
+    rows: list[dict[str, Any]] = [{"kernel": "copy", "time_us": copy_s * 1e6,
+                                   "bytes_moved": 2 * nbytes, "GBps": copy_gbps,
+                                   "share_of_copy": 1.0, "check": "ok"}]
+    failed = False
+    for name, (quant, dequant, ref_quant, ref_dequant) in _codecs(args.group_size).items():
+        try:
+            ok, detail = _check(x, quant, dequant, ref_quant, ref_dequant)
+            payload = quant(x)
+            cases = (("quantize", lambda q=quant: q(x), nbytes + payload.numel()),
+                     ("dequantize", lambda d=dequant, p=payload: d(p, shape, dtype),
+                      payload.numel() + nbytes))
+            for op, fn, moved in cases:
+                s = time_fn(fn, args.reps, args.warmup)
+                rows.append({"kernel": f"{name} {op}", "time_us": s * 1e6, "bytes_moved": moved,
+                             "GBps": moved / s / 1e9, "share_of_copy": moved / s / 1e9 / copy_gbps,
+                             "payload_bytes": payload.numel(), "check": "ok" if ok else "FAIL",
+                             "check_detail": detail})
+            failed |= not ok
+        except Exception as e:  # a benchmark reports a broken kernel and carries on with the rest
+            failed = True
+            rows.append({"kernel": name, "check": "ERROR", "error": f"{type(e).__name__}: {e}",
+                         "traceback": traceback.format_exc(limit=3)})
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    _print(rows, device_name, shape, args.dtype, nbytes)
+    result = {"bench": "quant_gpu", "device": device_name, "shape": list(shape),
+              "dtype": args.dtype, "chunk_MiB": nbytes / MIB, "group_size": args.group_size,
+              "torch": torch.__version__, "rows": rows,
+              "share_of_copy": {r["kernel"]: round(r["share_of_copy"], 3) for r in rows
+                                if "share_of_copy" in r}}
+    line = json.dumps(result, sort_keys=True)
+    print(line)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(line + "\n")
+    return 1 if failed else 0
+
+
+def _print(rows: list[dict[str, Any]], device: str, shape: tuple[int, ...], dtype: str,
+           nbytes: int) -> None:
+    print(f"bench_quant_gpu on {device}: chunk {list(shape)} {dtype} = {nbytes / MIB:.1f} MiB")
+    head = f"{'kernel':<22} {'time_us':>9} {'MiB_moved':>10} {'GB/s':>8} {'share':>6} check"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['kernel']:<22} {'-':>9} {'-':>10} {'-':>8} {'-':>6} ERROR {r['error']}")
+            continue
+        print(f"{r['kernel']:<22} {r['time_us']:>9.1f} {r['bytes_moved'] / MIB:>10.1f} "
+              f"{r['GBps']:>8.1f} {r['share_of_copy']:>6.2f} {r['check']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""KIVI-style asymmetric int4 / int2 quantization of an LKHTD KV chunk (PAPERS.md section 5).
+
+Algorithm. x is one chunk [L, 2, H, T, D]; K = x[:, 0], V = x[:, 1]. With b bits, levels = 2**b - 1
+and group size G (a power of two, 4..256):
+  keys:   per channel over groups of G tokens: one group is K[l, h, g*G:(g+1)*G, d]
+  values: per token over groups of G channels: one group is V[l, h, t, g*G:(g+1)*G]
+For each group with minimum mn and maximum mx:
+    s = fp16((mx - mn) / levels)      m = fp16(mn)        (KIVI keeps scale and zero in fp16)
+    q = clamp(floor((x - m) * (1 / s) + 0.5), 0, levels)  (q = 0 where s == 0)
+    x_hat = m + q * s
+Error per element: |x_hat - x| <= 0.51 * (mx - mn) / levels + 2**-10 * max(|mn|, |mx|) + 2**-20,
+plus half an ulp of the output dtype (the 2**-10 and 2**-20 terms are the fp16 rounding of m and s).
+Inputs must be finite with |x| <= 65504 so that m and s fit in fp16; kvstore.codecs checks that.
+T need not be a multiple of G (the last key group is padded, pad codes are 0) and D need not be
+either (value groups are padded up to Dp = ceil(D / G) * G channels). KIVI also keeps the newest R
+tokens in full precision; a stored chunk is immutable, so there is no such residual here.
+
+Payload layout (one contiguous uint8 buffer; NG = ceil(T / G), Tp = NG * G, NGD = ceil(D / G),
+PPB = 8 / b codes per byte, packed little end first: code i of a byte sits at bits [i*b, (i+1)*b)):
+    k_scale  [L, H, NG, D]     fp16 |  k_min [L, H, NG, D] fp16
+    v_scale  [L, H, T, NGD]    fp16 |  v_min [L, H, T, NGD] fp16
+    k_codes  [L, H, Tp/PPB, D] uint8: byte (r, d) holds tokens r*PPB .. r*PPB+PPB-1 of channel d
+    v_codes  [L, H, T, Dp/PPB] uint8: byte (t, c) holds channels c*PPB .. c*PPB+PPB-1 of token t
+fp16 sections come first so every one of them is 2-byte aligned. Cost: b + 32/G bits per element
+plus padding (int4, G=32: 3.2x smaller than fp16; int2: 5.3x).
+
+Grid. keys: one program per (l*H + h, token group, block of BLOCK_D channels) loads a
+[G/PPB, PPB, BLOCK_D] tile (rows of D contiguous elements), reduces over the first two axes and
+packs along the PPB axis. values: one program per (l*H + h, block of BLOCK_T tokens, channel group)
+loads [BLOCK_T, G/PPB, PPB] and reduces over the last two. Dequantization mirrors both. Interpreted
+runs write bf16 through _softcvt (the interpreter's bf16 cast truncates).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from kvstore_kernels._backend import select_backend, tl, triton
+from kvstore_kernels._softcvt import f32_to_bf16_bits
+from kvstore_kernels.errors import KernelInputError
+
+KIVI_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KIVI_BITS = (2, 4)
+GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
+_TILE_ELEMS = 4096
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class KiviLayout:
+    """Sizes and byte offsets of a KIVI payload; the single definition both backends and
+    kvstore.codecs use."""
+
+    L: int
+    H: int
+    T: int
+    D: int
+    bits: int
+    group_size: int
+
+    @property
+    def ppb(self) -> int:
+        return 8 // self.bits
+
+    @property
+    def levels(self) -> int:
+        return (1 << self.bits) - 1
+
+    @property
+    def ng(self) -> int:
+        return -(-self.T // self.group_size)
+
+    @property
+    def ngd(self) -> int:
+        return -(-self.D // self.group_size)
+
+    @property
+    def t_pad(self) -> int:
+        return self.ng * self.group_size
+
+    @property
+    def d_pad(self) -> int:
+        return self.ngd * self.group_size
+
+    def section_shapes(self) -> dict[str, tuple[int, ...]]:
+        L, H = self.L, self.H
+        return {
+            "k_scale": (L, H, self.ng, self.D),
+            "k_min": (L, H, self.ng, self.D),
+            "v_scale": (L, H, self.T, self.ngd),
+            "v_min": (L, H, self.T, self.ngd),
+            "k_codes": (L, H, self.t_pad // self.ppb, self.D),
+            "v_codes": (L, H, self.T, self.d_pad // self.ppb),
+        }
+
+    @property
+    def nbytes(self) -> int:
+        return sum(math.prod(s) * (1 if n.endswith("codes") else 2)
+                   for n, s in self.section_shapes().items())
+
+    def views(self, payload: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Typed, shaped views of the six sections of `payload` (no copies)."""
+        out, off = {}, 0
+        for name, shape in self.section_shapes().items():
+            itemsize = 1 if name.endswith("codes") else 2
+            n = math.prod(shape) * itemsize
+            part = payload[off : off + n]
+            out[name] = (part if itemsize == 1 else part.view(torch.float16)).view(shape)
+            off += n
+        return out
+
+
+def kivi_layout(shape: tuple[int, ...] | list[int] | torch.Size, bits: int,
+                group_size: int) -> KiviLayout:
+    """The layout for a chunk of `shape` [L, 2, H, T, D]; raises KernelInputError if invalid."""
+    if bits not in KIVI_BITS:
+        raise KernelInputError(f"KIVI bits must be one of {KIVI_BITS}, got {bits}")
+    if group_size not in GROUP_SIZES:
+        raise KernelInputError(f"KIVI group size must be one of {GROUP_SIZES}, got {group_size}")
+    if len(shape) != 5 or int(shape[1]) != 2:
+        raise KernelInputError(f"KIVI needs an LKHTD chunk [L, 2, H, T, D], got {tuple(shape)}")
+    L, _, H, T, D = (int(s) for s in shape)
+    if min(L, H, T, D) <= 0:
+        raise KernelInputError(f"KIVI needs a non-empty chunk, got shape {tuple(shape)}")
+    return KiviLayout(L, H, T, D, bits, group_size)
+
+
+def kivi_payload_nbytes(shape: tuple[int, ...] | list[int], bits: int, group_size: int) -> int:
+    return kivi_layout(shape, bits, group_size).nbytes
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _group_params(mn, mx, LEVELS: tl.constexpr):
+    """fp16-rounded zero point and scale (returned as fp32) and the reciprocal scale."""
+    s = tl.math.div_rn(mx - mn, LEVELS * 1.0).to(tl.float16).to(tl.float32)
+    m = mn.to(tl.float16).to(tl.float32)
+    inv = tl.where(s > 0, tl.math.div_rn(1.0, tl.where(s > 0, s, 1.0)), 0.0)
+    return m, s, inv
+
+
+@triton.jit
+def _quant(x, m, inv, LEVELS: tl.constexpr):
+    q = tl.floor((x - m) * inv + 0.5)
+    return tl.minimum(tl.maximum(q, 0.0), LEVELS * 1.0).to(tl.int32)
+
+
+@triton.jit
+def _kivi_quant_keys_kernel(
+    x_ptr, scale_ptr, min_ptr, codes_ptr,
+    H, T, D, NG, stride_l, stride_h, stride_t,
+    BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    PPB: tl.constexpr = 8 // BITS
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    n = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dv = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    r = tl.arange(0, G // PPB)[:, None, None]
+    j = tl.arange(0, PPB)[None, :, None]
+    d = dv[None, None, :]
+    t = g * G + r * PPB + j
+    mask = (t < T) & (d < D)
+    base = x_ptr + (n // H) * stride_l + (n % H) * stride_h
+    x = tl.load(base + t * stride_t + d, mask=mask, other=0.0).to(tl.float32)
+    mn = tl.min(tl.min(tl.where(mask, x, float("inf")), axis=1), axis=0)
+    mx = tl.max(tl.max(tl.where(mask, x, float("-inf")), axis=1), axis=0)
+    d_ok = dv < D
+    m, s, inv = _group_params(tl.where(d_ok, mn, 0.0), tl.where(d_ok, mx, 0.0), LEVELS)
+    q = tl.where(mask, _quant(x, m[None, None, :], inv[None, None, :], LEVELS), 0)
+    packed = tl.sum(q << (j * BITS), axis=1)  # [G/PPB, BLOCK_D]; disjoint bits, so sum == or
+    rr = tl.arange(0, G // PPB)[:, None]
+    code_offs = ((n * NG + g) * (G // PPB) + rr) * D + dv[None, :]
+    tl.store(codes_ptr + code_offs, packed.to(tl.uint8), mask=d_ok[None, :])
+    tl.store(scale_ptr + (n * NG + g) * D + dv, s.to(tl.float16), mask=d_ok)
+    tl.store(min_ptr + (n * NG + g) * D + dv, m.to(tl.float16), mask=d_ok)
+
+
+@triton.jit
+def _kivi_quant_values_kernel(
+    x_ptr, scale_ptr, min_ptr, codes_ptr,
+    H, T, D, NGD, stride_l, stride_h, stride_t,
+    BITS: tl.constexpr, G: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    PPB: tl.constexpr = 8 // BITS
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    n = tl.program_id(0).to(tl.int64)
+    tv = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    g = tl.program_id(2)
+    t = tv[:, None, None]
+    r = tl.arange(0, G // PPB)[None, :, None]
+    j = tl.arange(0, PPB)[None, None, :]
+    d = g * G + r * PPB + j
+    mask = (t < T) & (d < D)
+    base = x_ptr + (n // H) * stride_l + (n % H) * stride_h
+    x = tl.load(base + t * stride_t + d, mask=mask, other=0.0).to(tl.float32)
+    mn = tl.min(tl.min(tl.where(mask, x, float("inf")), axis=2), axis=1)
+    mx = tl.max(tl.max(tl.where(mask, x, float("-inf")), axis=2), axis=1)
+    t_ok = tv < T
+    m, s, inv = _group_params(tl.where(t_ok, mn, 0.0), tl.where(t_ok, mx, 0.0), LEVELS)
+    q = tl.where(mask, _quant(x, m[:, None, None], inv[:, None, None], LEVELS), 0)
+    packed = tl.sum(q << (j * BITS), axis=2)  # [BLOCK_T, G/PPB]
+    rr = tl.arange(0, G // PPB)[None, :]
+    row = n * T + tv
+    code_offs = row[:, None] * (NGD * (G // PPB)) + g * (G // PPB) + rr
+    tl.store(codes_ptr + code_offs, packed.to(tl.uint8), mask=t_ok[:, None])
+    tl.store(scale_ptr + row * NGD + g, s.to(tl.float16), mask=t_ok)
+    tl.store(min_ptr + row * NGD + g, m.to(tl.float16), mask=t_ok)
+
+
+@triton.jit
+def _store_f32(ptrs, x, mask, SOFT_BF16: tl.constexpr):
+    if SOFT_BF16:
+        tl.store(ptrs, f32_to_bf16_bits(x).to(tl.int16), mask=mask)
+    else:
+        tl.store(ptrs, x.to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _kivi_dequant_keys_kernel(
+    scale_ptr, min_ptr, codes_ptr, out_ptr,
+    H, T, D, NG, stride_l, stride_h, stride_t,
+    BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    PPB: tl.constexpr = 8 // BITS
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    n = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dv = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = dv < D
+    rr = tl.arange(0, G // PPB)[:, None]
+    code_offs = ((n * NG + g) * (G // PPB) + rr) * D + dv[None, :]
+    b = tl.load(codes_ptr + code_offs, mask=d_ok[None, :], other=0).to(tl.int32)
+    j = tl.arange(0, PPB)[None, :, None]
+    q = (b[:, None, :] >> (j * BITS)) & LEVELS  # [G/PPB, PPB, BLOCK_D]
+    s = tl.load(scale_ptr + (n * NG + g) * D + dv, mask=d_ok, other=0.0).to(tl.float32)
+    m = tl.load(min_ptr + (n * NG + g) * D + dv, mask=d_ok, other=0.0).to(tl.float32)
+    x = m[None, None, :] + q.to(tl.float32) * s[None, None, :]
+    t = g * G + tl.arange(0, G // PPB)[:, None, None] * PPB + j
+    d = dv[None, None, :]
+    base = out_ptr + (n // H) * stride_l + (n % H) * stride_h
+    _store_f32(base + t * stride_t + d, x, (t < T) & (d < D), SOFT_BF16)
+
+
+@triton.jit
+def _kivi_dequant_values_kernel(
+    scale_ptr, min_ptr, codes_ptr, out_ptr,
+    H, T, D, NGD, stride_l, stride_h, stride_t,
+    BITS: tl.constexpr, G: tl.constexpr, BLOCK_T: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    PPB: tl.constexpr = 8 // BITS
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    n = tl.program_id(0).to(tl.int64)
+    tv = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    g = tl.program_id(2)
+    t_ok = tv < T
+    row = n * T + tv
+    rr = tl.arange(0, G // PPB)[None, :]
+    code_offs = row[:, None] * (NGD * (G // PPB)) + g * (G // PPB) + rr
+    b = tl.load(codes_ptr + code_offs, mask=t_ok[:, None], other=0).to(tl.int32)
+    j = tl.arange(0, PPB)[None, None, :]
+    q = (b[:, :, None] >> (j * BITS)) & LEVELS  # [BLOCK_T, G/PPB, PPB]
+    s = tl.load(scale_ptr + row * NGD + g, mask=t_ok, other=0.0).to(tl.float32)
+    m = tl.load(min_ptr + row * NGD + g, mask=t_ok, other=0.0).to(tl.float32)
+    x = m[:, None, None] + q.to(tl.float32) * s[:, None, None]
+    t = tv[:, None, None]
+    d = g * G + tl.arange(0, G // PPB)[None, :, None] * PPB + j
+    base = out_ptr + (n // H) * stride_l + (n % H) * stride_h
+    _store_f32(base + t * stride_t + d, x, (t < T) & (d < D), SOFT_BF16)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def kivi_quantize(x: torch.Tensor, bits: int, group_size: int = 32,
+                  backend: str = "auto") -> torch.Tensor:
+    """Quantize an LKHTD chunk x (fp16/bf16/fp32, finite, |x| <= 65504) into a new 1-D uint8
+    payload on x's device (layout in the module docstring). x is not modified."""
+    lay = _check_input(x, bits, group_size)
+    if select_backend(backend, x.device, _kivi_quant_keys_kernel) == "torch":
+        return kivi_quantize_ref(x, bits, group_size)
+    payload = torch.empty(lay.nbytes, dtype=torch.uint8, device=x.device)
+    v = lay.views(payload)
+    k_in, v_in = _kv_views(x)
+    G = group_size
+    block_d = min(triton.next_power_of_2(lay.D), max(16, _TILE_ELEMS // G))
+    _kivi_quant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
+        k_in, v["k_scale"], v["k_min"], v["k_codes"],
+        lay.H, lay.T, lay.D, lay.ng, *k_in.stride()[:3],
+        BITS=bits, G=G, BLOCK_D=block_d,
+    )
+    block_t = _block_t(lay)
+    _kivi_quant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
+        v_in, v["v_scale"], v["v_min"], v["v_codes"],
+        lay.H, lay.T, lay.D, lay.ngd, *v_in.stride()[:3],
+        BITS=bits, G=G, BLOCK_T=block_t,
+    )
+    return payload
+
+
+def kivi_dequantize(
+    payload: torch.Tensor, shape: tuple[int, ...] | list[int], bits: int, group_size: int,
+    dtype: torch.dtype, backend: str = "auto",
+) -> torch.Tensor:
+    """Decode a KIVI payload (1-D uint8 on any device) into a new contiguous LKHTD tensor of
+    `shape` and `dtype` on the payload's device."""
+    lay = _check_payload(payload, shape, bits, group_size, dtype)
+    if select_backend(backend, payload.device, _kivi_dequant_keys_kernel) == "torch":
+        return kivi_dequantize_ref(payload, shape, bits, group_size, dtype)
+    v = lay.views(payload)
+    out = torch.empty(tuple(shape), dtype=dtype, device=payload.device)
+    soft_bf16 = dtype == torch.bfloat16 and payload.device.type != "cuda"
+    k_out, v_out = _kv_views(out.view(torch.int16) if soft_bf16 else out)
+    G = group_size
+    block_d = min(triton.next_power_of_2(lay.D), max(16, _TILE_ELEMS // G))
+    _kivi_dequant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
+        v["k_scale"], v["k_min"], v["k_codes"], k_out,
+        lay.H, lay.T, lay.D, lay.ng, *k_out.stride()[:3],
+        BITS=bits, G=G, BLOCK_D=block_d, SOFT_BF16=soft_bf16,
+    )
+    block_t = _block_t(lay)
+    _kivi_dequant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
+        v["v_scale"], v["v_min"], v["v_codes"], v_out,
+        lay.H, lay.T, lay.D, lay.ngd, *v_out.stride()[:3],
+        BITS=bits, G=G, BLOCK_T=block_t, SOFT_BF16=soft_bf16,
+    )
+    return out
+
+
+def _kv_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V as [L, H, T, D] views of an LKHTD tensor (strides of x; last dim contiguous)."""
+    return x[:, 0], x[:, 1]
+
+
+def _block_t(lay: KiviLayout) -> int:
+    return max(1, min(triton.next_power_of_2(lay.T), _TILE_ELEMS // lay.group_size))
+
+
+# ----------------------------------------------------------------------------- torch reference
+
+
+def kivi_quantize_ref(x: torch.Tensor, bits: int, group_size: int = 32) -> torch.Tensor:
+    """Plain-torch reference of kivi_quantize (same payload, bit for bit)."""
+    lay = _check_input(x, bits, group_size)
+    payload = torch.empty(lay.nbytes, dtype=torch.uint8, device=x.device)
+    v = lay.views(payload)
+    L, H, T, D, G, P = lay.L, lay.H, lay.T, lay.D, group_size, lay.ppb
+    xf = x.float()
+    # Pad by repeating the last token / channel: the copies leave every group's min and max alone.
+    k = _pad_last(xf[:, 0].transpose(-1, -2), lay.t_pad).transpose(-1, -2)  # [L, H, Tp, D]
+    kq, v["k_scale"][:], v["k_min"][:] = _quant_groups(k.reshape(L, H, lay.ng, G, D), 3, lay.levels)
+    kq.view(L, H, lay.t_pad, D)[:, :, T:] = 0
+    v["k_codes"][:] = _pack(kq.reshape(L, H, lay.t_pad // P, P, D), 3, bits)
+    vals = _pad_last(xf[:, 1], lay.d_pad).reshape(L, H, T, lay.ngd, G)
+    vq, v["v_scale"][:], v["v_min"][:] = _quant_groups(vals, 4, lay.levels)
+    vq = vq.reshape(L, H, T, lay.d_pad)
+    vq[..., D:] = 0
+    v["v_codes"][:] = _pack(vq.reshape(L, H, T, lay.d_pad // P, P), 4, bits)
+    return payload
+
+
+def kivi_dequantize_ref(
+    payload: torch.Tensor, shape: tuple[int, ...] | list[int], bits: int, group_size: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Plain-torch reference of kivi_dequantize."""
+    lay = _check_payload(payload, shape, bits, group_size, dtype)
+    v = lay.views(payload)
+    L, H, T, D, G = lay.L, lay.H, lay.T, lay.D, group_size
+    out = torch.empty(tuple(shape), dtype=dtype, device=payload.device)
+    kq = _unpack(v["k_codes"], 2, bits).reshape(L, H, lay.ng, G, D)
+    k = v["k_min"].float()[:, :, :, None, :] + kq.float() * v["k_scale"].float()[:, :, :, None, :]
+    out[:, 0] = k.reshape(L, H, lay.t_pad, D)[:, :, :T]
+    vq = _unpack(v["v_codes"], 3, bits).reshape(L, H, T, lay.ngd, G)
+    val = v["v_min"].float()[..., None] + vq.float() * v["v_scale"].float()[..., None]
+    out[:, 1] = val.reshape(L, H, T, lay.d_pad)[..., :D]
+    return out
+
+
+def _pad_last(x: torch.Tensor, size: int) -> torch.Tensor:
+    extra = size - x.shape[-1]
+    return x if extra == 0 else torch.cat([x, x[..., -1:].expand(*x.shape[:-1], extra)], dim=-1)
+
+
+def _quant_groups(x: torch.Tensor, dim: int, levels: int):
+    """(codes uint8 like x, fp16 scale, fp16 min) with groups along `dim` of fp32 x."""
+    mn, mx = x.amin(dim=dim), x.amax(dim=dim)
+    # Tensor / tensor again: on CUDA `t / scalar` becomes t * (1 / scalar), not the quotient.
+    s16, m16 = ((mx - mn) / torch.full_like(mx, levels)).half(), mn.half()
+    s, m = s16.float().unsqueeze(dim), m16.float().unsqueeze(dim)
+    # A tensor / tensor division: torch computes `1.0 / t` as reciprocal(t), which need not be
+    # the correctly rounded quotient the kernel's div_rn gives.
+    inv = torch.where(s > 0, torch.ones_like(s) / torch.where(s > 0, s, 1.0), 0.0)
+    q = torch.floor((x - m) * inv + 0.5).clamp_(0, levels)
+    return q.to(torch.uint8), s16, m16
+
+
+def _pack(q: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
+    """Pack the codes along `dim` (of size 8 / bits) into bytes, first code in the low bits."""
+    shifts = (torch.arange(q.shape[dim], device=q.device, dtype=torch.int32) * bits)
+    shape = [1] * q.dim()
+    shape[dim] = -1
+    return (q.to(torch.int32) << shifts.view(shape)).sum(dim=dim).to(torch.uint8)
+
+
+def _unpack(packed: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
+    """Inverse of _pack: a new axis of size 8 / bits after `dim`, merged into it."""
+    ppb = 8 // bits
+    shifts = torch.arange(ppb, device=packed.device, dtype=torch.int32) * bits
+    shape = [1] * (packed.dim() + 1)
+    shape[dim + 1] = ppb
+    q = (packed.to(torch.int32).unsqueeze(dim + 1) >> shifts.view(shape)) & ((1 << bits) - 1)
+    return q.flatten(dim, dim + 1)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_input(x: torch.Tensor, bits: int, group_size: int) -> KiviLayout:
+    if not isinstance(x, torch.Tensor):
+        raise KernelInputError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in KIVI_DTYPES:
+        raise KernelInputError(f"KIVI quantizes float16/bfloat16/float32, got {x.dtype}")
+    lay = kivi_layout(x.shape, bits, group_size)
+    if x.stride(-1) != 1:
+        raise KernelInputError("KIVI input must have a contiguous last dimension")
+    return lay
+
+
+def _check_payload(payload: torch.Tensor, shape, bits: int, group_size: int,
+                   dtype: torch.dtype) -> KiviLayout:
+    if dtype not in KIVI_DTYPES:
+        raise KernelInputError(f"KIVI output dtype must be float16/bfloat16/float32, got {dtype}")
+    lay = kivi_layout(shape, bits, group_size)
+    if payload.dtype != torch.uint8 or payload.dim() != 1 or not payload.is_contiguous():
+        raise KernelInputError("KIVI payload must be a contiguous 1-D uint8 tensor")
+    if payload.numel() != lay.nbytes:
+        raise KernelInputError(f"KIVI payload of shape {tuple(shape)}, {bits} bits, group size "
+                               f"{group_size} must be {lay.nbytes} bytes, got {payload.numel()}")
+    if payload.data_ptr() % 2:
+        raise KernelInputError("KIVI payload must start at a 2-byte aligned address")
+    return lay
+
+
+__all__ = [
+    "GROUP_SIZES", "KIVI_BITS", "KIVI_DTYPES", "KiviLayout", "kivi_dequantize",
+    "kivi_dequantize_ref", "kivi_layout", "kivi_payload_nbytes", "kivi_quantize",
+    "kivi_quantize_ref",
+]

@@ -1,0 +1,160 @@
+"""Round trips of every codec on synthetic data with known properties (CPU, torch backend)."""
+
+import pytest
+import torch
+from codec_bounds import assert_within, fp8_bound, kivi_bound
+
+from kvstore import codecs
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+LOSSY = ("fp8-e4m3", "kivi-int4", "kivi-int2")
+
+
+def _round_trip(x, codec, **params):
+    enc = codecs.encode(x, codec, backend="torch", **params)
+    codecs.validate(enc.codec, enc.codec_params, enc.dtype, enc.shape, enc.nbytes)
+    out = codecs.decode(enc.to_bytes(), enc.codec, enc.codec_params, enc.dtype, enc.shape,
+                        backend="torch")
+    assert out.dtype == x.dtype and out.shape == x.shape
+    return enc, out
+
+
+def _kv(L=2, H=3, T=64, D=32, dtype=torch.float16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(L, 2, H, T, D, generator=g) * 2).to(dtype)
+
+
+@pytest.mark.parametrize("codec", ["identity", "shuffle-lz4"])
+@pytest.mark.parametrize("dtype", [*FLOATS, torch.int8, torch.uint8, torch.int32, torch.int64,
+                                   torch.float64, torch.float8_e4m3fn], ids=str)
+@pytest.mark.parametrize("shape", [(2, 2, 3, 17, 8), (5,), (), (0, 4)], ids=str)
+def test_lossless_is_bit_exact(codec, dtype, shape):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (*shape, torch.empty((), dtype=dtype).element_size()),
+                      generator=g, dtype=torch.uint8).view(dtype).reshape(shape)
+    enc, out = _round_trip(x, codec)
+    assert torch.equal(_bytes(out), _bytes(x))  # bits, NaN payloads included
+    assert enc.nbytes <= x.numel() * x.element_size()  # never larger than the raw tensor
+
+
+def _bytes(t):
+    return t.reshape(-1).view(torch.uint8)
+
+
+def test_shuffle_lz4_compresses_repetitive_data_and_stores_noise_raw():
+    constant = torch.full((4, 2, 2, 64, 64), 0.125, dtype=torch.bfloat16)
+    assert codecs.encode(constant, "shuffle-lz4").nbytes * 100 < constant.numel() * 2
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randint(0, 256, (65536,), generator=g, dtype=torch.uint8).view(torch.float16)
+    enc = codecs.encode(noise, "shuffle-lz4")
+    assert enc.nbytes == noise.numel() * 2 and enc.codec_params["planes"] == "32768,32768"
+    # fp16 in [1, 1.25) shares sign, exponent and top two mantissa bits: the high byte plane is
+    # constant and shrinks to almost nothing, the low byte plane is noise and is stored raw.
+    same_high_byte = (1 + torch.rand(32768, generator=g) / 4).to(torch.float16)
+    low, high = (int(s) for s in codecs.encode(same_high_byte, "shuffle-lz4")
+                 .codec_params["planes"].split(","))
+    assert low == 32768 and high < 32768 // 50
+
+
+def test_identity_payload_is_a_view_of_the_input():
+    x = _kv()
+    enc = codecs.encode(x, "identity")
+    assert enc.payload.data_ptr() == x.data_ptr() and enc.nbytes == x.numel() * 2
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("bits", [4, 2])
+def test_kivi_values_on_the_quantization_grid_are_exact(dtype, bits):
+    """Every group holds min, max and grid points in between: decoding must give them back."""
+    levels = (1 << bits) - 1
+    g = torch.Generator().manual_seed(3)
+    L, H, T, D, G = 2, 2, 64, 32, 16
+    q = torch.randint(0, levels + 1, (L, 2, H, T, D), generator=g)
+    q[:, 0, :, ::G, :] = 0  # each key group (G tokens of a channel) reaches 0 and levels
+    q[:, 0, :, 1::G, :] = levels
+    q[:, 1, :, :, ::G] = 0  # each value group (G channels of a token) too
+    q[:, 1, :, :, 1::G] = levels
+    # Power-of-two scales >= 1/8 and a zero point of -levels/2 keep every value within bf16's
+    # 8 significant bits, so x is on the grid in every dtype (and m, s are exact in fp16).
+    scale = 2.0 ** torch.randint(-3, 1, (L, 2, H, T, D), generator=g).float()
+    scale[:, 0] = scale[:, 0, :, :1, :]  # constant per key channel (over tokens)...
+    scale[:, 1] = scale[:, 1, :, :, :1]  # ...and per value token (over channels)
+    zero = -float(levels) / 2
+    x = (zero + q * scale).to(dtype)
+    _, out = _round_trip(x, f"kivi-int{bits}", group_size=G)
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_kivi_quantizes_keys_per_channel_and_values_per_token(bits):
+    """An outlier key channel and an outlier value token must not spoil their neighbours, which
+    they would if keys were grouped per token or values per channel."""
+    x = _kv(T=64, D=32, dtype=torch.float32, seed=4)
+    x[:, 0, :, :, 5] *= 1000
+    x[:, 1, :, 7, :] *= 1000
+    _, out = _round_trip(x, f"kivi-int{bits}")
+    assert_within(out, x, kivi_bound(x, bits, 32))
+    err = (out - x).abs()
+    normal_keys = torch.cat([err[:, 0, ..., :5], err[:, 0, ..., 6:]], dim=-1)
+    normal_values = torch.cat([err[:, 1, :, :7], err[:, 1, :, 8:]], dim=2)
+    step = 16 / ((1 << bits) - 1)  # randn * 2 stays within +-8 here
+    assert normal_keys.max() <= step and normal_values.max() <= step
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("group_size, T, D", [(32, 37, 64), (16, 5, 24), (64, 200, 64),
+                                              (4, 9, 6)])
+def test_kivi_error_bound_with_padding(dtype, bits, group_size, T, D):
+    x = _kv(T=T, D=D, dtype=dtype, seed=5)
+    enc, out = _round_trip(x, f"kivi-int{bits}", group_size=group_size)
+    assert enc.codec_params == {"group_size": str(group_size)}
+    assert_within(out, x, kivi_bound(x, bits, group_size))
+
+
+def test_kivi_constant_groups_decode_exactly():
+    x = torch.full((1, 2, 2, 40, 32), -3.25, dtype=torch.float16)
+    for codec in ("kivi-int4", "kivi-int2"):
+        assert torch.equal(_round_trip(x, codec)[1], x)
+
+
+def test_kivi_bigger_groups_give_smaller_payloads():
+    x = _kv(T=128, D=64)
+    sizes = [codecs.encode(x, "kivi-int4", group_size=g).nbytes for g in (16, 32, 64)]
+    assert sizes[0] > sizes[1] > sizes[2]
+    assert sizes[1] * 8 == x.numel() * 5  # 4 bits + 32/32 bits of scale and zero point
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_fp8_exact_on_e4m3_values_with_power_of_two_scale(dtype):
+    g = torch.Generator().manual_seed(6)
+    codes = torch.randint(0, 0x7F, (2, 2, 3, 16, 32), generator=g, dtype=torch.uint8)
+    codes[..., 0] = 0x7E  # 448 in every row, so the row scale is 2**k exactly
+    values = codes.view(torch.float8_e4m3fn).float() * torch.where(
+        torch.rand(codes.shape, generator=g) < 0.5, -1.0, 1.0)
+    values[..., 0] = 448.0
+    x = (values * 2.0 ** torch.randint(-8, -2, (2, 2, 3, 16, 1), generator=g)).to(dtype)
+    _, out = _round_trip(x, "fp8-e4m3")
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_fp8_error_bound_across_magnitudes(dtype):
+    g = torch.Generator().manual_seed(7)
+    scale = torch.exp(torch.randn(2, 2, 3, 32, 1, generator=g) * 3)
+    x = (torch.randn(2, 2, 3, 32, 64, generator=g) * scale).to(dtype)
+    x[0, 0, 0, 0] = 0  # an all-zero row decodes to zeros
+    enc, out = _round_trip(x, "fp8-e4m3")
+    assert enc.nbytes == x.numel() + x.numel() // 64 * 4
+    assert_within(out, x, fp8_bound(x))
+    assert torch.equal(out[0, 0, 0, 0], x[0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("codec", LOSSY)
+def test_lossy_payload_is_on_the_input_device_and_decodes_to_a_new_tensor(codec):
+    x = _kv()
+    enc = codecs.encode(x, codec)
+    assert enc.payload.dtype == torch.uint8 and enc.payload.dim() == 1
+    out = codecs.decode(enc.payload, enc.codec, enc.codec_params, enc.dtype, enc.shape,
+                        device="cpu")
+    assert out.data_ptr() != enc.payload.data_ptr() and out.is_contiguous()
