@@ -7,6 +7,10 @@ node's bulk data plane when it offers one, else gRPC streams.
 
 Buffers: tensors returned by get_many own their memory (fresh allocations the payload was
 received into); tensors given to put_many are only read during the call.
+
+Codecs (kvstore/codecs): put_many(codec=...) encodes before sending, so only the encoded bytes
+cross the wire, and get_many decodes chunks stored with a codec (the ones a node re-encoded on
+demotion too) after the transfer, lossy ones on ``device``. Identity chunks take the plain path.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -167,21 +171,39 @@ class AsyncKVStoreClient:
                        *, parent_keys: Sequence[bytes | None] | None = None,
                        start_pos: Sequence[int] | None = None,
                        num_tokens: Sequence[int] | None = None,
+                       codec: str | None = None, codec_params: Mapping[str, str] | None = None,
                        deadline_s: float | None = None) -> list[bool]:
-        """Store chunks; returns stored flags in order. Raises on a refused chunk."""
+        """Store chunks; returns stored flags in order. Raises on a refused chunk.
+
+        ``codec`` (e.g. "fp8-e4m3", "kivi-int4"; README of kvstore/codecs) encodes each tensor
+        with kvstore.codecs.encode before sending, on the tensor's device (a GPU tensor is
+        quantized on the GPU and only the encoded bytes are copied to the host), with
+        ``codec_params`` (e.g. {"group_size": "64"}); the chunk keeps the tensor's dtype and
+        shape as its decoded dtype and shape. None or "identity" sends the tensor's own bytes.
+        """
         if len(keys) != len(tensors):
             raise InvalidArgument(f"{len(keys)} keys but {len(tensors)} payloads")
         if not keys:
             return []
+        if codec in (None, "", IDENTITY):
+            if codec_params:
+                raise InvalidArgument(f"codec_params {dict(codec_params)} without a codec")
+            codec = None
         items = []
         for i, (key, data) in enumerate(zip(keys, tensors, strict=True)):
-            view, dtype, shape, owner = as_bytes_view(data)
+            if codec is None:
+                view, dtype, shape, owner = as_bytes_view(data)
+                name, params = IDENTITY, None
+            else:
+                view, dtype, shape, owner, name, params = _encoded(data, codec, codec_params)
             meta = pb.ChunkMeta(
                 key=key, dtype=dtype, shape=shape, payload_bytes=len(view),
-                checksum=checksum([view]), codec=IDENTITY,
+                checksum=checksum([view]), codec=name,
                 parent_key=(parent_keys[i] or b"") if parent_keys else b"",
                 start_pos=start_pos[i] if start_pos else 0,
                 num_tokens=num_tokens[i] if num_tokens else 0)
+            if params:
+                meta.codec_params.update(params)
             items.append((meta, view, owner))
         if self._pool is not None:
             groups = _split(items, self.options.max_connections)
@@ -210,16 +232,23 @@ class AsyncKVStoreClient:
 
     # ---- get -------------------------------------------------------------------------------
     async def get_many(self, keys: Sequence[bytes], *, out: Sequence[torch.Tensor] | None = None,
+                       decode: bool = True, device: str | torch.device | None = None,
                        deadline_s: float | None = None) -> list[torch.Tensor | None]:
         """Chunks as tensors with the dtype and shape they were put with; None for a miss.
 
         With ``out`` (one contiguous CPU tensor per key, e.g. a reused pinned staging buffer),
         payloads are received straight into those buffers and the results are views of them;
         otherwise each hit gets a freshly allocated tensor.
+
+        Chunks stored with a codec (put with one, or re-encoded by the node's tier_codecs) are
+        decoded after the transfer: lossy ones are moved to ``device`` (e.g. the worker's GPU)
+        as encoded bytes and dequantized there, so the result is a new tensor of the original
+        dtype and shape, not a view of ``out`` (which receives the stored, encoded bytes).
+        ``device`` also moves identity chunks (default: stay on the host, zero-copy). With
+        ``decode=False`` a codec'd chunk is returned as its raw payload, a 1-D uint8 tensor.
         """
         raws = await self._get_raw(keys, out, deadline_s)
-        return [None if r is None else view_as(r[1], r[0].dtype or "uint8", r[0].shape)
-                for r in raws]
+        return [None if r is None else _as_tensor(r[0], r[1], decode, device) for r in raws]
 
     async def get_bytes_many(self, keys: Sequence[bytes], *,
                              deadline_s: float | None = None) -> list[memoryview | None]:
@@ -340,6 +369,33 @@ class AsyncKVStoreClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _encoded(data: torch.Tensor | BytesLike, codec: str, params: Mapping[str, str] | None
+             ) -> tuple[memoryview, str, tuple[int, ...], torch.Tensor, str, dict[str, str]]:
+    """(byte view, decoded dtype, decoded shape, owner, codec, codec_params) of an encoded
+    tensor; the owner (the host payload) must stay alive while the view is sent."""
+    from kvstore.codecs import encode  # kernels load only for clients that use codecs
+
+    if not isinstance(data, torch.Tensor):
+        raise InvalidArgument(f"codec {codec!r} encodes tensors, got {type(data).__name__}")
+    enc = encode(data, codec, **dict(params or {}))
+    payload = enc.payload.cpu()  # a GPU tensor is encoded there; only the encoded bytes move
+    return (payload.numpy().data, enc.dtype, tuple(enc.shape), payload, enc.codec,
+            dict(enc.codec_params))
+
+
+def _as_tensor(meta: pb.ChunkMeta, raw: torch.Tensor, decode: bool,
+               device: str | torch.device | None) -> torch.Tensor:
+    if meta.codec in ("", IDENTITY):
+        t = view_as(raw, meta.dtype or "uint8", meta.shape)
+        return t if device is None else t.to(device)
+    if not decode:
+        return raw
+    from kvstore.codecs import decode as decode_chunk
+
+    return decode_chunk(raw, meta.codec, dict(meta.codec_params), meta.dtype or "uint8",
+                        tuple(meta.shape), device=device)
 
 
 def _byte_buffer(t: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,9 @@ _FLAGS = {
     "gpu_device": str, "gpu_capacity_bytes": str, "cpu_capacity_bytes": str,
     "disk_capacity_bytes": str, "page_bytes": str, "max_chunk_bytes": str,
     "eviction_policy": str, "disk_admission": str,
+    # cluster membership (kvstore/cluster): joining needs only --redis-url
+    "redis_url": str, "advertise_host": str, "capacity_weight": str, "replication": str,
+    "heartbeat_ttl_s": str, "rebalance_bytes_per_s": str, "drain_timeout_s": str,
 }
 
 
@@ -28,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fsync", dest="fsync", action="store_const", const=True, default=None)
     p.add_argument("--model", action="append", default=None, metavar="ID:DTYPE[:CHUNK[:LAYOUT]]",
                    help="a model whose KV this node accepts (repeatable; default: any)")
+    p.add_argument("--tier-codec", action="append", default=None, metavar="TIER=CODEC",
+                   help="re-encode chunks demoted into TIER with CODEC, e.g. disk=kivi-int4 "
+                        "(repeatable; sets tier_codecs)")
 
 
 def parse_model(text: str) -> dict[str, object]:
@@ -44,10 +50,23 @@ def parse_model(text: str) -> dict[str, object]:
     return spec
 
 
+def parse_tier_codecs(items: list[str]) -> dict[str, str]:
+    """--tier-codec TIER=CODEC (repeatable) -> the tier_codecs setting."""
+    out: dict[str, str] = {}
+    for text in items:
+        tier, sep, codec = text.partition("=")
+        if not sep or not tier or not codec or tier in out:
+            raise ConfigError(f"--tier-codec {text!r}: expected TIER=CODEC, once per tier")
+        out[tier] = codec
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     overrides = {name: getattr(args, name) for name in list(_FLAGS) + ["data_plane", "fsync"]}
     if args.model:
         overrides["models"] = [parse_model(m) for m in args.model]
+    if getattr(args, "tier_codec", None):
+        overrides["tier_codecs"] = parse_tier_codecs(args.tier_codec)
     return load_config(args.config, overrides=overrides)
 
 
@@ -56,15 +75,41 @@ async def serve(config: NodeConfig) -> None:
 
     node = StoreNode(config)
     await node.start()
+    member = None
+    if config.redis_url:  # cluster member: register, watch the ring, rebalance
+        from kvstore.cluster.node import ClusterNode
+
+        member = ClusterNode(node, config)
+        try:
+            await member.start()
+        except BaseException:
+            await node.stop(grace_s=0)
+            raise
     print(f"kvstore node {node.core.node_id}: gRPC {node.address}, data plane port "
-          f"{node.core.data_port or 'off'}, data dir {config.data_dir}", flush=True)
+          f"{node.core.data_port or 'off'}, data dir {config.data_dir}"
+          + (f", cluster member {member.node_id} via {config.redis_url}" if member else ""),
+          flush=True)
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
     print("kvstore node: shutting down", flush=True)
-    await node.stop(grace_s=5.0)
+    try:
+        if member is not None:
+            # SIGTERM hands this node's chunks to their new owners first; SIGINT just leaves.
+            if received[0] == signal.SIGTERM:
+                await member.drain()
+            else:
+                await member.leave()
+    finally:
+        await node.stop(grace_s=5.0)
 
 
 def run(args: argparse.Namespace) -> int:

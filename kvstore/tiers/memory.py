@@ -5,19 +5,28 @@ from __future__ import annotations
 import torch
 
 from kvstore.tiers.pool import Allocation, PagePool
+from kvstore.tiers.shm import SharedMemoryFile
 
 
 class MemoryTier:
     """A named page pool. ``host`` tiers hand out zero-copy views; device tiers copy via staging."""
 
     def __init__(self, name: str, capacity_bytes: int, page_bytes: int, device: str = "cpu",
-                 simulated_device: bool = False) -> None:
+                 simulated_device: bool = False, shm_tag: str | None = None) -> None:
         pin = device == "cpu" and not simulated_device and torch.cuda.is_available()
         self.name = name
-        self.pool = PagePool(capacity_bytes, page_bytes, device=device, pin_memory=pin)
+        # shm_tag (host CPU tiers only): back the pool with a /dev/shm file named after it
+        self.shm = (SharedMemoryFile(capacity_bytes // page_bytes * page_bytes, shm_tag)
+                    if shm_tag is not None and device == "cpu" and not simulated_device else None)
+        self.pool = PagePool(capacity_bytes, page_bytes, device=device, pin_memory=pin,
+                             buffer=self.shm.buffer if self.shm else None)
         # A simulated GPU tier lives in host memory but takes the device code path (copies
         # through a staging buffer), so the GPU tier's logic is tested on machines without one.
         self.host = device == "cpu" and not simulated_device
+
+    def close(self) -> None:
+        if self.shm is not None:
+            self.shm.close()
 
     @property
     def capacity_bytes(self) -> int:

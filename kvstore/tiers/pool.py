@@ -23,13 +23,15 @@ class PagePool:
     """Pages over one torch uint8 tensor on ``device`` (CPU, optionally pinned, or CUDA)."""
 
     def __init__(self, capacity_bytes: int, page_bytes: int, device: str = "cpu",
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, buffer: torch.Tensor | None = None) -> None:
         self.page_bytes = page_bytes
         self.num_pages = capacity_bytes // page_bytes
         self.capacity_bytes = self.num_pages * page_bytes
         # torch.empty does not touch the memory, so a large pool costs nothing until used.
-        self.buffer = torch.empty(self.capacity_bytes, dtype=torch.uint8, device=device,
-                                  pin_memory=pin_memory)
+        # ``buffer`` (e.g. a shared-memory mapping, kvstore/tiers/shm.py) replaces the allocation.
+        self.buffer = (buffer[:self.capacity_bytes] if buffer is not None else
+                       torch.empty(self.capacity_bytes, dtype=torch.uint8, device=device,
+                                   pin_memory=pin_memory))
         self.device = self.buffer.device
         self._host_view = (self.buffer.numpy().data if self.device.type == "cpu"
                            else None)

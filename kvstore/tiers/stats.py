@@ -12,3 +12,4 @@ class TierCounters:
     demotions_in: int = 0       # chunks that arrived from the tier above
     promotions_out: int = 0     # chunks promoted from this tier to the top memory tier
     corrupt_dropped: int = 0    # chunks dropped because they failed their checksum
+    encoded_in: int = 0         # chunks re-encoded (config.tier_codecs) as they were demoted here
