@@ -13,9 +13,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvstore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kvstore.codecs import TierCodecPolicy
 
 ENV_PREFIX = "KVSTORE_"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -50,6 +53,7 @@ class ModelSpec:
 EVICTION_POLICIES = ("lru", "fifo", "lfu")
 DISK_ADMISSION = ("on-demotion", "second-use", "write-through")
 GPU_DEVICES = ("none", "auto", "sim")
+TIER_NAMES = ("gpu", "cpu", "disk")  # tier_codecs keys
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class NodeConfig:
     data_plane: bool = True               # bulk TCP data plane beside gRPC
     data_port: int = 50052                # 0 = pick a free port
     data_dir: str = "./kvstore-data"
-    gpu_device: str = "auto"              # auto (cuda if present), sim (CPU stand-in), none, cuda:N
+    gpu_device: str = "auto"              # auto (cuda if any), sim (CPU stand-in), none, cuda[:N]
     gpu_capacity_bytes: int = 0           # 0 = no GPU tier
     cpu_capacity_bytes: int = 1 << 30
     disk_capacity_bytes: int = 8 << 30    # 0 = no disk tier
@@ -70,9 +74,21 @@ class NodeConfig:
     eviction_policy: str = "lru"
     disk_admission: str = "on-demotion"
     fsync: bool = False                   # fsync disk-tier files before rename (durable vs fast)
+    shared_memory: bool = False           # CPU tier in a /dev/shm file co-located clients map
     prefetch_workers: int = 1
     prefetch_queue: int = 256
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)  # empty = accept any model
+    # tier -> codec applied when a chunk is demoted into it, e.g. {"disk": "kivi-int4"} or
+    # {"disk": {"codec": "kivi-int4", "group_size": 64}}; empty = store chunks as received
+    tier_codecs: Mapping[str, Any] = field(default_factory=dict)
+    # Cluster membership (kvstore/cluster); an empty redis_url keeps the node standalone.
+    redis_url: str = ""                   # redis://host:port[/db] holding the node registry
+    advertise_host: str = ""              # host others dial; default: host
+    capacity_weight: float = 1.0          # share of the hash rings relative to other members
+    replication: int = 2                  # copies the cluster keeps (1 or 2); as its clients use
+    heartbeat_ttl_s: float = 5.0          # a member silent this long leaves the ring
+    rebalance_bytes_per_s: int = 64 << 20  # bandwidth of background copies to new owners
+    drain_timeout_s: float = 60.0         # SIGTERM: longest time spent handing chunks over
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -100,20 +116,56 @@ class NodeConfig:
             raise bad("eviction_policy", f"must be one of {EVICTION_POLICIES}")
         if self.disk_admission not in DISK_ADMISSION:
             raise bad("disk_admission", f"must be one of {DISK_ADMISSION}")
-        if self.gpu_device not in GPU_DEVICES and not re.fullmatch(r"cuda:\d+", self.gpu_device):
-            raise bad("gpu_device", f"must be one of {GPU_DEVICES} or 'cuda:N'")
+        if self.gpu_device not in GPU_DEVICES and not re.fullmatch(r"cuda(:\d+)?", self.gpu_device):
+            raise bad("gpu_device", f"must be one of {GPU_DEVICES}, 'cuda' or 'cuda:N'")
         if self.prefetch_workers < 1 or self.prefetch_queue < 1:
             raise ConfigError("prefetch_workers and prefetch_queue must be >= 1")
         if not self.data_dir:
             raise bad("data_dir", "must be a directory path")
+        if self.tier_codecs:
+            self.tier_codec_policy()  # raises ConfigError for an unknown tier or codec
+        self._check_cluster(bad)
+
+    def _check_cluster(self, bad: Any) -> None:
+        if self.redis_url and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
+            raise bad("redis_url", "must be empty or a redis://, rediss:// or unix:// URL")
+        if self.redis_url and not self.advertise_host and self.host in ("0.0.0.0", "::", ""):
+            raise bad("advertise_host", f"must be set when host={self.host!r} binds every "
+                      "interface: other members need an address they can dial")
+        if not (0 < self.capacity_weight < float("inf")):
+            raise bad("capacity_weight", "must be a positive number")
+        if self.replication not in (1, 2):
+            raise bad("replication", "must be 1 or 2")
+        if not (0 < self.heartbeat_ttl_s <= 3600):
+            raise bad("heartbeat_ttl_s", "must be > 0 and <= 3600 seconds")
+        if self.rebalance_bytes_per_s <= 0:
+            raise bad("rebalance_bytes_per_s", "must be > 0")
+        if not (0 <= self.drain_timeout_s < float("inf")):
+            raise bad("drain_timeout_s", "must be >= 0 seconds")
 
     @property
     def resolved_node_id(self) -> str:
         return self.node_id or f"{self.host}:{self.port}"
 
+    def tier_codec_policy(self) -> TierCodecPolicy:
+        """tier_codecs parsed (kvstore.codecs is imported only here: it needs torch)."""
+        if not isinstance(self.tier_codecs, Mapping):
+            raise ConfigError(f"tier_codecs={self.tier_codecs!r}: expected a mapping of tier "
+                              "name to codec, e.g. {'disk': 'kivi-int4'}")
+        unknown = sorted(set(self.tier_codecs) - set(TIER_NAMES), key=str)
+        if unknown:
+            raise ConfigError(f"tier_codecs={dict(self.tier_codecs)!r}: unknown tier(s) "
+                              f"{unknown}; tiers are {TIER_NAMES}")
+        from kvstore.codecs import TierCodecPolicy
+
+        try:
+            return TierCodecPolicy.from_dict(self.tier_codecs)
+        except ConfigError as exc:
+            raise ConfigError(f"tier_codecs={dict(self.tier_codecs)!r}: {exc}") from None
+
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
-_SIZE_FIELDS = {n for n in _FIELDS if n.endswith("_bytes")}
+_SIZE_FIELDS = {n for n in _FIELDS if n.endswith(("_bytes", "_bytes_per_s"))}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -123,9 +175,23 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"unknown setting {name!r} (from {source}); known: {sorted(_FIELDS)}")
     if name in _SIZE_FIELDS:
         return parse_size(value, where)
+    if name == "tier_codecs":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: expected a JSON object like "
+                                  f'{{"disk": "kivi-int4"}}: {exc}') from None
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of tier name to codec")
+        return dict(value)
     if name == "models":
         if isinstance(value, str):
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: expected a JSON list of model specs: {exc}") \
+                    from None
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list of model specs")
         try:
@@ -140,6 +206,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                                                         "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(default, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if isinstance(default, int):
         try:
             if isinstance(value, float) or isinstance(value, bool):

@@ -16,7 +16,16 @@ time:
           s->c  STATUS            (room reserved, or why not; nothing is sent on error)
           c->s  payload           (only after an OK status)
           s->c  STATUS            (stored: message = tier name)
+  GET_SHM c->s  u8 OP_GET_SHM, u32 n, n x 16-byte keys   (nodes with a shared-memory CPU tier)
+          s->c  per key: u8 found; if found: u32 m, ChunkMeta (m bytes), u64 lease id,
+                u16 k, k x (u64 offset, u64 length) spans of the payload in the shm file
+                (k = 0: not in shared memory; lease id 0, nothing held: fetch it with GET)
+  RELEASE c->s  u8 OP_RELEASE, u32 n, n x u64 lease ids
+          s->c  STATUS
   STATUS  u8 grpc status code (0 = OK), u16 n, utf-8 message (n bytes)
+
+A lease pins its chunk (never evicted or overwritten) until RELEASE or until the connection
+closes, which releases every lease it still holds.
 """
 
 from __future__ import annotations
@@ -27,10 +36,16 @@ MAGIC = b"KVDP"
 VERSION = 1
 OP_GET = 1
 OP_PUT = 2
+OP_GET_SHM = 3
+OP_RELEASE = 4
 HELLO = struct.Struct("<4sBH")
 OP = struct.Struct("<B")
 U32 = struct.Struct("<I")
 STATUS = struct.Struct("<BH")
+U64 = struct.Struct("<Q")
+SPAN_HEAD = struct.Struct("<QH")  # lease id, span count
+SPAN = struct.Struct("<QQ")       # offset, length
+MAX_LEASES = 1 << 20              # per connection; a client holding more is cut off
 MAX_META_BYTES = 1 << 16
 MAX_KEYS = 65536
 

@@ -40,6 +40,8 @@ from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 from kvstore.wire import scheme_to_pb
 from kvstore_client.dataplane import ConnectionPool, DataConnection
 from kvstore_client.retry import RetryPolicy
+from kvstore_client.shm import SharedMemoryMapping
+from kvstore_client.shm import fetch as shm_fetch
 from kvstore_client.tensors import BytesLike, as_bytes_view, empty_for, view_as
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class ClientOptions:
     verify_checksums: bool = True      # end-to-end check of every payload received
     max_connections: int = 4           # data-plane connections per node
     client_name: str = "kvstore-client"
+    use_shared_memory: bool = True     # local node with a shm CPU tier: copy out of it (shm.py)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class AsyncKVStoreClient:
         self.session: pb.HandshakeResponse | None = None
         self._pool: ConnectionPool | None = None
         self.corrupt_received = 0
+        self._shm: SharedMemoryMapping | None = None
+        self.shm_gets = 0  # chunks copied out of the node's shared memory
 
     @classmethod
     async def connect(cls, address: str, scheme: KeyScheme, **options: object
@@ -112,7 +117,17 @@ class AsyncKVStoreClient:
             host = self.address.rsplit(":", 1)[0].strip("[]")
             self._pool = ConnectionPool(host, session.data_port, lambda: self.session_id,
                                         self.options.max_connections)
+        self._attach_shm(session)
         return session
+
+    def _attach_shm(self, session: pb.HandshakeResponse) -> None:
+        if self._shm is not None and self._shm.path == session.shm_path:
+            return
+        if self._shm is not None:
+            self._shm.close()
+        self._shm = (SharedMemoryMapping.attach(self.address.rsplit(":", 1)[0].strip("[]"),
+                                                session.shm_path)
+                     if self._pool is not None and self.options.use_shared_memory else None)
 
     @property
     def session_id(self) -> str:
@@ -247,7 +262,13 @@ class AsyncKVStoreClient:
         ``device`` also moves identity chunks (default: stay on the host, zero-copy). With
         ``decode=False`` a codec'd chunk is returned as its raw payload, a 1-D uint8 tensor.
         """
-        raws = await self._get_raw(keys, out, deadline_s)
+        if (out is None and device is not None and torch.device(device).type == "cuda"
+                and self._shm is not None and self._shm.registered and self._pool is not None):
+            for key in keys:
+                validate_key(key)
+            raws = await self._get_shm(keys, None, deadline_s, torch.device(device))
+        else:
+            raws = await self._get_raw(keys, out, deadline_s)
         return [None if r is None else _as_tensor(r[0], r[1], decode, device) for r in raws]
 
     async def get_bytes_many(self, keys: Sequence[bytes], *,
@@ -276,6 +297,8 @@ class AsyncKVStoreClient:
             raw = buf[:meta.payload_bytes]
             return raw, raw.numpy().data
 
+        if self._shm is not None and self._pool is not None:
+            return await self._get_shm(keys, receive_buffer, deadline_s)
         if self._pool is not None:
             groups = _split(list(enumerate(keys)), self.options.max_connections)
 
@@ -302,6 +325,24 @@ class AsyncKVStoreClient:
                 lambda: self._rpc(lambda md, t: self._get_grpc(keys, receive_buffer, md, t),
                                   deadline_s=deadline_s))
         return [self._verified(r) for r in raws]
+
+    async def _get_shm(self, keys: Sequence[bytes], receive_buffer: Callable | None,
+                       deadline_s: float | None, device: torch.device | None = None
+                       ) -> list[tuple[pb.ChunkMeta, torch.Tensor] | None]:
+        """One GET_SHM round on one connection: copies out of the node's shared memory."""
+        shm = self._shm
+        assert shm is not None
+
+        async def op(conn: DataConnection) -> tuple[list, int, int]:
+            return await shm_fetch(conn, shm, keys, receive_buffer, device,
+                                   self.options.verify_checksums)
+        raws, copied, corrupt = await self._data(op, deadline_s)
+        self.shm_gets += copied
+        if corrupt:
+            self.corrupt_received += corrupt
+            log.warning("%d chunk(s) failed their checksum in shared memory; treated as misses",
+                        corrupt)
+        return [r if r is None or r[1].device.type != "cpu" else self._verified(r) for r in raws]
 
     async def _get_grpc(self, keys: Sequence[bytes], receive_buffer: Callable, md: tuple,
                         timeout: float) -> list:
@@ -362,6 +403,9 @@ class AsyncKVStoreClient:
     async def close(self) -> None:
         if self._pool:
             self._pool.close()
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncKVStoreClient:

@@ -97,6 +97,29 @@ class DataConnection:
             metas.append(meta)
         return metas
 
+    async def get_shm(self, keys: Sequence[bytes]
+                      ) -> list[tuple[pb.ChunkMeta, int, list[tuple[int, int]]] | None]:
+        """GET_SHM: per key None (miss) or (meta, lease id, spans in the node's shm file);
+        empty spans = not in shared memory (no lease held: fetch it with get())."""
+        await self.send(dp.OP.pack(dp.OP_GET_SHM) + dp.U32.pack(len(keys)) + b"".join(keys))
+        out: list[tuple[pb.ChunkMeta, int, list[tuple[int, int]]] | None] = []
+        for _ in keys:
+            if (await self.recv(1)) == b"\x00":
+                out.append(None)
+                continue
+            (m,) = dp.U32.unpack(await self.recv(dp.U32.size))
+            meta = pb.ChunkMeta.FromString(await self.recv(m))
+            lease_id, k = dp.SPAN_HEAD.unpack(await self.recv(dp.SPAN_HEAD.size))
+            raw = await self.recv(dp.SPAN.size * k) if k else b""
+            out.append((meta, lease_id, list(dp.SPAN.iter_unpack(raw))))
+        return out
+
+    async def release(self, lease_ids: Sequence[int]) -> None:
+        """RELEASE: the node may evict or reuse those chunks' pages again."""
+        await self.send(dp.OP.pack(dp.OP_RELEASE) + dp.U32.pack(len(lease_ids))
+                        + b"".join(dp.U64.pack(i) for i in lease_ids))
+        await self.read_status()
+
     async def put(self, meta: pb.ChunkMeta, payload: memoryview) -> str:
         raw = meta.SerializeToString()
         await self.send(dp.OP.pack(dp.OP_PUT) + dp.U32.pack(len(raw)) + raw)

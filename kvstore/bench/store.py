@@ -25,8 +25,10 @@ from kvstore import procs
 SIZES_MIB = (4, 32)
 CLIENTS = (1, 8)
 # kvstore: data plane, receiving into a reused buffer (as a worker's staging buffer would);
-# kvstore-alloc: data plane, a fresh tensor per get; kvstore-grpc: gRPC streams only.
-SYSTEMS = ("raw-socket", "kvstore", "kvstore-alloc", "kvstore-grpc", "redis")
+# kvstore-alloc: data plane, a fresh tensor per get; kvstore-grpc: gRPC streams only;
+# kvstore-shm: a node with --shared-memory, gets copied out of its /dev/shm CPU tier into a
+# reused buffer (puts still go over the TCP data plane).
+SYSTEMS = ("raw-socket", "kvstore", "kvstore-alloc", "kvstore-grpc", "kvstore-shm", "redis")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -141,13 +143,17 @@ def _connect(case: Case, payload: object):  # noqa: ANN202 - returns three closu
                 raise RuntimeError("redis lost a key")
         return rput, rget, r.close
     import torch
-    from kvstore_client import KVStoreClient
 
     from kvstore.keys import KeyScheme
+    from kvstore_client import KVStoreClient
 
     c = KVStoreClient(case.address, KeyScheme("bench", "uint8"),
-                      use_data_plane=case.system != "kvstore-grpc")
-    out = [torch.empty(n, dtype=torch.uint8)] if case.system == "kvstore" else None
+                      use_data_plane=case.system != "kvstore-grpc",
+                      use_shared_memory=case.system == "kvstore-shm")
+    if case.system == "kvstore-shm" and c._client._shm is None:
+        raise RuntimeError("kvstore-shm: the client could not map the node's shared memory")
+    out = ([torch.empty(n, dtype=torch.uint8)] if case.system in ("kvstore", "kvstore-shm")
+           else None)
 
     def kput(key: bytes) -> None:
         c.put(key, payload)  # type: ignore[arg-type]
@@ -191,12 +197,13 @@ def _start_servers(systems: list[str], max_bytes: int, tmp: str) -> dict[str, pr
         procs.wait_port("127.0.0.1", port, 30)
         servers["raw-socket"] = p  # type: ignore[assignment]
         servers["raw-socket-port"] = port  # type: ignore[assignment]
-    if "kvstore" in systems or "kvstore-grpc" in systems:
-        # Capacity for every client's two keys at the largest size, plus headroom.
-        node = procs.start_node(tmp, ["--cpu-capacity-bytes", str(20 * max_bytes),
-                                      "--disk-capacity-bytes", "0",
-                                      "--max-chunk-bytes", str(max_bytes)])
-        servers["kvstore"] = node
+    # Capacity for every client's two keys at the largest size, plus headroom.
+    node_args = ["--cpu-capacity-bytes", str(20 * max_bytes), "--disk-capacity-bytes", "0",
+                 "--max-chunk-bytes", str(max_bytes)]
+    if any(s in systems for s in ("kvstore", "kvstore-alloc", "kvstore-grpc")):
+        servers["kvstore"] = procs.start_node(tmp, node_args)
+    if "kvstore-shm" in systems:
+        servers["kvstore-shm"] = procs.start_node(f"{tmp}/shm", [*node_args, "--shared-memory"])
     if "redis" in systems:
         servers["redis"] = procs.start_redis()
     return servers
@@ -214,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
                     for system in args.systems:
                         if system == "raw-socket":
                             address = f"127.0.0.1:{servers['raw-socket-port']}"
+                        elif system == "kvstore-shm":
+                            address = servers["kvstore-shm"].address
                         elif system.startswith("kvstore"):
                             address = servers["kvstore"].address
                         else:

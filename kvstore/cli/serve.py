@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-data-plane", dest="data_plane", action="store_const", const=False,
                    default=None, help="serve chunk bytes over gRPC streams only")
     p.add_argument("--fsync", dest="fsync", action="store_const", const=True, default=None)
+    p.add_argument("--shared-memory", dest="shared_memory", action="store_const", const=True,
+                   default=None, help="keep the CPU tier in a /dev/shm file that co-located "
+                   "clients (same user) copy chunks out of")
     p.add_argument("--model", action="append", default=None, metavar="ID:DTYPE[:CHUNK[:LAYOUT]]",
                    help="a model whose KV this node accepts (repeatable; default: any)")
     p.add_argument("--tier-codec", action="append", default=None, metavar="TIER=CODEC",
@@ -62,7 +65,8 @@ def parse_tier_codecs(items: list[str]) -> dict[str, str]:
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
-    overrides = {name: getattr(args, name) for name in list(_FLAGS) + ["data_plane", "fsync"]}
+    overrides = {name: getattr(args, name)
+                 for name in list(_FLAGS) + ["data_plane", "fsync", "shared_memory"]}
     if args.model:
         overrides["models"] = [parse_model(m) for m in args.model]
     if getattr(args, "tier_codec", None):

@@ -29,6 +29,8 @@ class StoreCore:
         self.stats = NodeStats()
         self.sessions = SessionTable(config.models)
         self.data_port = 0  # set by the data plane once it listens
+        # the CPU tier's /dev/shm file when shared_memory is on (kvstore/tiers/shm.py)
+        self.shm = next((t.shm for t in self.manager.mem_tiers if t.shm is not None), None)
 
     def handshake(self, req: pb.HandshakeRequest) -> pb.HandshakeResponse:
         s = self.sessions.open(req.scheme)
@@ -36,7 +38,8 @@ class StoreCore:
         return pb.HandshakeResponse(
             session_id=s.session_id, node_id=self.node_id, namespace_id=s.namespace_id,
             data_port=self.data_port, max_chunk_bytes=self.config.max_chunk_bytes,
-            frame_bytes=self.config.frame_bytes, server_version=__version__)
+            frame_bytes=self.config.frame_bytes, server_version=__version__,
+            shm_path=self.shm.path if self.shm else "")
 
     def begin_put(self, session: Session, info: ChunkInfo) -> PutReservation:
         try:
@@ -121,6 +124,8 @@ class StoreCore:
 
     def close(self) -> None:
         self.manager.close()
+        for tier in self.manager.mem_tiers:
+            tier.close()  # unlinks a shared-memory file
 
 
 def _check_keys(keys: Sequence[bytes]) -> None:

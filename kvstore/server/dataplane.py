@@ -8,6 +8,7 @@ never through an intermediate buffer.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import threading
@@ -19,6 +20,7 @@ from kvstore import dataplane as dp
 from kvstore.errors import InvalidArgument, KVStoreError
 from kvstore.server.core import StoreCore
 from kvstore.server.sessions import Session
+from kvstore.tiers.manager import Lease
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.wire import info_from_pb, info_to_pb
 
@@ -52,6 +54,7 @@ class DataPlaneServer:
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._lease_ids = itertools.count(1)  # GET_SHM lease ids (next() is thread-safe)
         self._thread = threading.Thread(target=self._accept_loop, name="kvstore-dataplane",
                                         daemon=True)
 
@@ -86,6 +89,7 @@ class DataPlaneServer:
                              name="kvstore-dataplane-conn").start()
 
     def _serve(self, conn: socket.socket) -> None:
+        leases: dict[int, Lease] = {}  # GET_SHM leases this connection holds, by id
         try:
             session = self._hello(conn)
             if session is None:
@@ -99,6 +103,10 @@ class DataPlaneServer:
                     self._get(conn, session)
                 elif op == dp.OP_PUT:
                     self._put(conn, session)
+                elif op == dp.OP_GET_SHM and self.core.shm is not None:
+                    self._get_shm(conn, session, leases)
+                elif op == dp.OP_RELEASE:
+                    self._release(conn, leases)
                 else:
                     conn.sendall(dp.pack_status(grpc.StatusCode.INVALID_ARGUMENT.value[0],
                                                 f"unknown data-plane op {op}"))
@@ -106,6 +114,7 @@ class DataPlaneServer:
         except (ConnectionClosed, ConnectionError, OSError) as exc:
             log.debug("data-plane connection ended: %s", exc)
         finally:
+            _release_all(leases)  # a client that died never pins memory forever
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
@@ -141,6 +150,57 @@ class DataPlaneServer:
                 for view in lease.views:
                     conn.sendall(view)
 
+    def _get_shm(self, conn: socket.socket, session: Session, leases: dict[int, Lease]) -> None:
+        """Per key: meta, a lease id and the payload's spans in the shared-memory file."""
+        (n,) = dp.U32.unpack(recv_exact(conn, dp.U32.size))
+        if n > dp.MAX_KEYS:
+            raise ConnectionClosed(f"GET_SHM of {n} keys exceeds {dp.MAX_KEYS}")
+        keys = recv_exact(conn, 16 * n)
+        out = bytearray()
+        for i in range(n):
+            key = keys[16 * i:16 * i + 16]
+            lease = self.core.get(session, key)
+            if lease is None:
+                out += b"\x00"
+                continue
+            spans = self._shm_spans(lease)
+            if spans is None and lease.tier == "disk":
+                # the get promoted it from disk (unless the top tier was all pinned): lease the
+                # copy in memory instead of the disk read
+                retry = self.core.manager.get(key)
+                if retry is not None:
+                    lease.release()
+                    lease, spans = retry, self._shm_spans(retry)
+            meta = info_to_pb(lease.info).SerializeToString()
+            out += b"\x01" + dp.U32.pack(len(meta)) + meta
+            if spans is None:  # served by another tier: the client falls back to GET
+                lease.release()
+                out += dp.SPAN_HEAD.pack(0, 0)
+                continue
+            if len(leases) >= dp.MAX_LEASES:
+                lease.release()
+                raise ConnectionClosed(f"client holds {len(leases)} unreleased leases")
+            lease_id = next(self._lease_ids)
+            leases[lease_id] = lease
+            out += dp.SPAN_HEAD.pack(lease_id, len(spans))
+            out += b"".join(dp.SPAN.pack(o, ln) for o, ln in spans)
+        conn.sendall(out)
+
+    def _shm_spans(self, lease: Lease) -> list[tuple[int, int]] | None:
+        assert self.core.shm is not None
+        return self.core.shm.spans_of(lease.views) if lease.tier == "cpu" else None
+
+    def _release(self, conn: socket.socket, leases: dict[int, Lease]) -> None:
+        (n,) = dp.U32.unpack(recv_exact(conn, dp.U32.size))
+        if n > dp.MAX_LEASES:
+            raise ConnectionClosed(f"RELEASE of {n} leases exceeds {dp.MAX_LEASES}")
+        raw = recv_exact(conn, dp.U64.size * n)
+        for (lease_id,) in dp.U64.iter_unpack(raw):
+            lease = leases.pop(lease_id, None)
+            if lease is not None:  # unknown ids (released twice) are ignored
+                lease.release()
+        conn.sendall(dp.pack_status(0))
+
     def _put(self, conn: socket.socket, session: Session) -> None:
         (m,) = dp.U32.unpack(recv_exact(conn, dp.U32.size))
         if m > dp.MAX_META_BYTES:
@@ -167,3 +227,9 @@ class DataPlaneServer:
             res.abort()
             raise
         conn.sendall(dp.pack_status(0, tier))
+
+
+def _release_all(leases: dict[int, Lease]) -> None:
+    for lease in leases.values():
+        lease.release()
+    leases.clear()

@@ -116,7 +116,9 @@ class TierManager:
             self.mem_tiers.append(MemoryTier("gpu", config.gpu_capacity_bytes, config.page_bytes,
                                              device="cpu" if gpu == "sim" else gpu,
                                              simulated_device=gpu == "sim"))
-        self.mem_tiers.append(MemoryTier("cpu", config.cpu_capacity_bytes, config.page_bytes))
+        self.mem_tiers.append(MemoryTier("cpu", config.cpu_capacity_bytes, config.page_bytes,
+                                         shm_tag=config.resolved_node_id
+                                         if config.shared_memory else None))
         self.disk = (DiskTier(config.data_dir, config.disk_capacity_bytes, config.fsync)
                      if config.disk_capacity_bytes else None)
         names = [t.name for t in self.mem_tiers] + (["disk"] if self.disk else [])

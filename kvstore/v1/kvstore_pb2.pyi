@@ -33,7 +33,7 @@ class HandshakeRequest(_message.Message):
     def __init__(self, scheme: _Optional[_Union[KeyScheme, _Mapping]] = ..., client_name: _Optional[str] = ...) -> None: ...
 
 class HandshakeResponse(_message.Message):
-    __slots__ = ("session_id", "node_id", "namespace_id", "data_port", "max_chunk_bytes", "frame_bytes", "server_version")
+    __slots__ = ("session_id", "node_id", "namespace_id", "data_port", "max_chunk_bytes", "frame_bytes", "server_version", "shm_path")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class HandshakeResponse(_message.Message):
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHM_PATH_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     node_id: str
     namespace_id: str
@@ -48,7 +49,8 @@ class HandshakeResponse(_message.Message):
     max_chunk_bytes: int
     frame_bytes: int
     server_version: str
-    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., namespace_id: _Optional[str] = ..., data_port: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., frame_bytes: _Optional[int] = ..., server_version: _Optional[str] = ...) -> None: ...
+    shm_path: str
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., namespace_id: _Optional[str] = ..., data_port: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., frame_bytes: _Optional[int] = ..., server_version: _Optional[str] = ..., shm_path: _Optional[str] = ...) -> None: ...
 
 class ChunkMeta(_message.Message):
     __slots__ = ("key", "dtype", "shape", "payload_bytes", "checksum", "codec", "codec_params", "parent_key", "num_tokens", "start_pos")
