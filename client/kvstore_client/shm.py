@@ -154,8 +154,9 @@ class SharedMemoryMapping:
 async def fetch(conn: DataConnection, mapping: SharedMemoryMapping, keys: Sequence[bytes],
                 receive_buffer: Callable[[int, pb.ChunkMeta], tuple[torch.Tensor, memoryview]]
                 | None, device: torch.device | None, verify: bool
-                ) -> tuple[list[Raw | None], int, int]:
-    """One GET_SHM round for ``keys``: (results, chunks copied from shared memory, corrupt).
+                ) -> tuple[list[Raw | None], int, int, list[int]]:
+    """One GET_SHM round for ``keys``: (results, chunks copied from shared memory, corrupt,
+    indices of the keys fetched over TCP instead).
 
     Hits are copied out of the mapping into ``receive_buffer(index, meta)`` (CPU), or with
     ``device`` into fresh tensors there (checksum verified on the mapping first, corrupt ones
@@ -221,7 +222,7 @@ async def fetch(conn: DataConnection, mapping: SharedMemoryMapping, keys: Sequen
         for i, m in zip(fallback, metas, strict=True):
             results[i] = None if m is None else (m, next(it))
     n_copied = len(copies) - corrupt
-    return results, n_copied, corrupt
+    return results, n_copied, corrupt, fallback
 
 
 def _clear_cuda_error() -> None:

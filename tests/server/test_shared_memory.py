@@ -70,8 +70,8 @@ def test_chunk_on_disk_is_promoted_then_served_from_shared_memory(start_node, co
     assert pins(node) == 0
 
 
-def test_corrupt_byte_in_shared_memory_is_a_miss(shm_node, connect, scheme):
-    c = connect(shm_node.address)
+def test_corrupt_byte_in_shared_memory_is_a_miss_when_verifying(shm_node, connect, scheme):
+    c = connect(shm_node.address, verify_shared_memory=True)
     key = keys_for(scheme, 1)[0]
     c.put_many([key], [torch.randn(256, 256).half()])
     e = shm_node.core.manager._index[key]
