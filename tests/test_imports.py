@@ -94,7 +94,8 @@ def test_kernels_import_neither_server_nor_client():
 
 
 def test_client_never_imports_node_side_packages():
-    forbidden = ("kvstore.server", "kvstore.tiers", "kvstore.cli", "kvstore.bench")
+    forbidden = ("kvstore.server", "kvstore.tiers", "kvstore.cli", "kvstore.bench",
+                 "kvstore.cluster")
     assert violations(sources("kvstore_client"), forbidden) == []
 
 

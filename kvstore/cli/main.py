@@ -1,4 +1,4 @@
-"""The `kvstore` command: serve a node, run the demo, run benchmarks."""
+"""The `kvstore` command: serve a node, run a local cluster, run the demo, run benchmarks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ _BENCHES = {
     "route": "kvstore.bench.route",
     "codecs": "kvstore.bench.codecs",
     "blend": "kvstore.bench.blend",
+    "cluster": "kvstore.bench.cluster",
 }
 
 
@@ -25,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve.add_arguments(sub.add_parser("serve", help="run a store node (embedded default "
                                                      "with no arguments)"))
+    from kvstore.cli import cluster
+
+    cluster.add_arguments(sub.add_parser("cluster", help="a local cluster of nodes: up, down, "
+                                                        "status"))
     demo = sub.add_parser("demo", help="local store + real model: the time a cache hit saves")
     importlib.import_module("kvstore.demo").add_arguments(demo)
     bench = sub.add_parser("bench", help="benchmarks (print a table and a final JSON line)")
@@ -45,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             from kvstore.cli import serve
 
             return serve.run(args)
+        if args.command == "cluster":
+            from kvstore.cli import cluster
+
+            return cluster.run(args)
         if args.command == "demo":
             return importlib.import_module("kvstore.demo").run(args)
         if getattr(args, "missing", None):

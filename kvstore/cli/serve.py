@@ -114,6 +114,7 @@ async def serve(config: NodeConfig) -> None:
                 await member.leave()
     finally:
         await node.stop(grace_s=5.0)
+    print("kvstore node: stopped", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
