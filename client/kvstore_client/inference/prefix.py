@@ -1,0 +1,82 @@
+"""Exact prefix reuse through the model's own forward (any HF decoder with a DynamicCache).
+
+The loaded chunks cover rows [0, P) exactly (chained keys: a hit on chunk i means the whole
+prefix matched), so the cache they form is the one a full prefill would have built: the model
+runs only on rows [P, N). P < N always (the planner leaves the last row to compute), so there
+are logits to return. With no chunks this is a plain full prefill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .loader import LoadSlot
+
+
+def cache_from_chunks(
+    model: Any, loaded: Sequence[tuple[LoadSlot, torch.Tensor]], dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Any, int]:
+    """A DynamicCache of the loaded prefix rows, and its length P (the slots form a run from 0).
+
+    Each chunk's layer slice is copied straight into the device buffer (asynchronously from
+    pinned memory), converting the storage dtype on the way: no host-side concatenation.
+    """
+    from transformers import DynamicCache
+
+    if not loaded:
+        return DynamicCache(config=model.config), 0
+    n_layers, _, kv_heads, _, head_dim = loaded[0][1].shape
+    reused = loaded[-1][0].rows[1]
+    layers = []
+    for layer in range(n_layers):
+        kv = torch.empty((2, 1, kv_heads, reused, head_dim), dtype=dtype, device=device)
+        for slot, chunk in loaded:
+            a, b = slot.rows
+            kv[:, 0, :, a:b].copy_(chunk[layer, :, :, slot.use_from : slot.use_to],
+                                   non_blocking=True)
+        layers.append((kv[0], kv[1]))
+    return DynamicCache(ddp_cache_data=layers, config=model.config), reused
+
+
+@torch.no_grad()
+def prefix_prefill(
+    model: Any, token_ids: torch.Tensor, loaded: Sequence[tuple[LoadSlot, torch.Tensor]],
+    dtype: torch.dtype, device: torch.device,
+) -> tuple[torch.Tensor, Any, int]:
+    """(last-position logits [vocab] fp32, DynamicCache of all N rows, P rows reused)."""
+    cache, reused = cache_from_chunks(model, loaded, dtype, device)
+    out = model(
+        input_ids=token_ids[reused:][None].to(device), past_key_values=cache, use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[0, -1].float(), out.past_key_values, reused
+
+
+@torch.no_grad()
+def standalone_prefill(
+    model: Any, token_ids: Sequence[int], start_pos: int, device: torch.device
+) -> Any:
+    """The DynamicCache of ``token_ids`` prefilled on their own at positions from ``start_pos``
+    (how a document is cached for blending; its rows attend only to each other)."""
+    ids = torch.tensor([list(token_ids)], device=device)
+    positions = torch.arange(start_pos, start_pos + ids.shape[1], device=device)[None]
+    out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return out.past_key_values
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: Any, cache: Any, first_token: int, max_new_tokens: int, eos_ids: Sequence[int],
+    device: torch.device,
+) -> list[int]:
+    """Greedy tokens after the prefill (``first_token`` included), stopping after an EOS."""
+    tokens = [first_token]
+    while len(tokens) < max_new_tokens and tokens[-1] not in eos_ids:
+        out = model(input_ids=torch.tensor([[tokens[-1]]], device=device),
+                    past_key_values=cache, use_cache=True)
+        tokens.append(int(out.logits[0, -1].argmax()))
+    return tokens
