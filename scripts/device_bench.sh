@@ -29,9 +29,9 @@ for s in $STEPS; do
     gpu_tests) step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu tests/kernels -o addopts="" ;;
     kernels) step kernels 120 python3 -m kvstore_kernels.bench_gpu ;;
     quant) [ -f kernels/kvstore_kernels/bench_quant_gpu.py ] && step quant 120 python3 -m kvstore_kernels.bench_quant_gpu ;;
-    store) step store 400 python3 -m kvstore.cli.main bench store --systems raw-socket kvstore kvstore-alloc kvstore-grpc --mib-per-case 2048 ;;
+    store) step store 400 python3 -m kvstore.cli.main bench store --systems raw-socket kvstore kvstore-shm kvstore-alloc kvstore-grpc --mib-per-case 2048 ;;
     blend)  # KV served by a kvstore node's CPU tier on this machine, then in-process for contrast
-      python3 -m kvstore.cli.main serve --port 50061 --data-port 50062 --gpu-device none \
+      python3 -m kvstore.cli.main serve --port 50061 --data-port 50062 --gpu-device none --shared-memory \
         --cpu-capacity-bytes 24GiB --disk-capacity-bytes 0 --data-dir /tmp/kvs-blend \
         >"$OUT/blend_node.log" 2>&1 &
       node=$!

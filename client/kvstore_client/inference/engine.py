@@ -235,7 +235,7 @@ class CacheEngine:
         t0 = time.perf_counter()
         deadline = t0 + self.config.fetch_timeout_s
         fetch = ChunkFetch(self.store, self._fetch_pool, [s.span.key for s in plan.prefix],
-                           self.config.fetch_batch_chunks)
+                           self.config.fetch_batch_chunks, self.device)
         expected = [(chunk_shape(self.n_layers, self.kv_heads, s.span.num_tokens,
                                  self.head_dim), self.kv_dtype) for s in plan.prefix]
         tensors = fetch.collect(deadline, expected, hits.fetch)

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
+import inspect
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -65,12 +68,13 @@ class ChunkFetch:
     """``get_many`` over ``keys`` in batches on ``pool``, collected against a deadline."""
 
     def __init__(
-        self, store: ChunkStore, pool: cf.Executor, keys: Sequence[bytes], batch_chunks: int
+        self, store: ChunkStore, pool: cf.Executor, keys: Sequence[bytes], batch_chunks: int,
+        device: torch.device | None = None,
     ) -> None:
         self.n = len(keys)
+        get = _getter(store, device)
         self._parts = [
-            (i, min(batch_chunks, self.n - i),
-             pool.submit(store.get_many, list(keys[i : i + batch_chunks])))
+            (i, min(batch_chunks, self.n - i), pool.submit(get, list(keys[i : i + batch_chunks])))
             for i in range(0, self.n, batch_chunks)
         ]
 
@@ -115,6 +119,21 @@ class ChunkFetch:
         return out
 
 
+def _getter(store: ChunkStore, device: torch.device | None) -> Any:
+    """store.get_many, asked to deliver straight to ``device`` when that is a GPU and the store
+    can (kvstore_client's clients copy from a co-located node's shared memory into GPU memory,
+    skipping a host staging copy); otherwise chunks arrive on the CPU and the loader moves them."""
+    if device is None or device.type != "cuda":
+        return store.get_many
+    try:
+        params = inspect.signature(store.get_many).parameters.values()
+    except (TypeError, ValueError):
+        return store.get_many
+    if any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params):
+        return functools.partial(store.get_many, device=device)  # type: ignore[call-arg]
+    return store.get_many
+
+
 @dataclass
 class LoaderTimings:
     fetch_wait_s: float = 0.0  # loader thread blocked on the store
@@ -147,9 +166,9 @@ class LayerLoader:
         self.stats = FetchStats()
         self.timings = LoaderTimings()
         keys = [s.span.key for s in self.prefix]
-        self._prefix_fetch = ChunkFetch(store, pool, keys, batch_chunks)
+        self._prefix_fetch = ChunkFetch(store, pool, keys, batch_chunks, device)
         keys = [s.span.key for s in self.content]
-        self._content_fetch = ChunkFetch(store, pool, keys, batch_chunks)
+        self._content_fetch = ChunkFetch(store, pool, keys, batch_chunks, device)
         self._prefix_loaded: list[tuple[LoadSlot, torch.Tensor]] | None = None
         self._content_loaded: list[tuple[LoadSlot, torch.Tensor]] | None = None
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor, object]] = {}
