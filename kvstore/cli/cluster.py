@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
-from kvstore.cluster import local
+# Same value as kvstore.cluster.local.DEFAULT_DIR (checked by a test); not imported here so that
+# building the CLI parser does not import redis (the GPU image and plain `serve` do without it).
+DEFAULT_DIR = "./kvstore-cluster"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,11 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     status = sub.add_parser("status", help="members, their state, chunks and bytes")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     for q in (up, down, status):
-        q.add_argument("--dir", default=local.DEFAULT_DIR, help="where the state file and "
-                       f"node data live (default {local.DEFAULT_DIR})")
+        q.add_argument("--dir", default=DEFAULT_DIR, help="where the state file and "
+                       f"node data live (default {DEFAULT_DIR})")
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvstore.cluster import local
+
     if args.cluster_command == "up":
         node_args = ["--cpu-capacity-bytes", args.cpu_capacity_bytes, "--max-chunk-bytes",
                      args.max_chunk_bytes, "--disk-capacity-bytes", args.disk_capacity_bytes,

@@ -50,3 +50,10 @@ def test_up_status_down(tmp_path, scheme, capsys):
             procs.wait_port("127.0.0.1", n["port"], 0.1)
     with pytest.raises(NotFound):
         run("status", "--dir", d)
+
+
+def test_cli_default_dir_matches_the_local_cluster_module():
+    from kvstore.cli import cluster as cli
+    from kvstore.cluster import local
+
+    assert cli.DEFAULT_DIR == local.DEFAULT_DIR
