@@ -7,7 +7,11 @@ Rows of the prompt are of three kinds: *exact* (an exact prefix hit; loaded, nev
 1. layers < check_layer: compute every row of R, attend over all keys (exact rows loaded);
 2. check layer: compute fresh K/V for R, score the content rows by ``||V_new - V_loaded||^2``
    (or K, after RoPE), keep S = uncached rows + the top ``ceil(r * n_content)`` content rows
-   (+ the last row, whose logits we return); fresh K/V of all of R go into the buffer;
+   (+ the last row, whose logits we return); fresh K/V of all of R go into the buffer. With
+   gradual filtering the kept share narrows 2r -> 1.5r -> r over the next layers. Selection
+   "deviation_attention" (the default) multiplies each deviation by how much the question
+   attends to the row at that layer, so the budget goes to rows that are both wrong and read;
+   "deviation" is CacheBlend's ranking as published;
 3. later layers: compute Q/K/V for S only, scatter their K/V into the loaded buffer, attend
    queries S over all N keys with an exact causal mask; the other rows' hidden states are
    dropped (their loaded K/V stand in for them), as in CacheBlend.
@@ -143,7 +147,7 @@ def _select(
     row, the last row and the ``top`` content rows by deviation (times ``weight`` when given),
     or at random."""
     from kvstore_kernels.rows import gather_rows
-    from kvstore_kernels.select import deviation_topk, random_select
+    from kvstore_kernels.select import deviation_scores, deviation_topk, random_select
 
     candidates = content[rows]
     top = min(top, int(candidates.sum()))
@@ -154,9 +158,11 @@ def _select(
     else:
         fresh, loaded = (v, values) if deviation == "value" else (k, keys)
         old = gather_rows(loaded, rows, backend=backend)
-        picked, scores = deviation_topk(fresh, old, top, candidates=candidates, backend=backend)
-        if weight is not None:
-            ranked = (scores * weight).masked_fill(~candidates, float("-inf"))
+        if weight is None:
+            picked, _ = deviation_topk(fresh, old, top, candidates=candidates, backend=backend)
+        else:
+            scores = deviation_scores(fresh, old, backend=backend) * weight
+            ranked = scores.masked_fill(~candidates, float("-inf"))
             picked = torch.sort(torch.topk(ranked, top, sorted=False).indices).values
     keep = ~candidates
     keep[picked] = True
