@@ -89,11 +89,24 @@ class NodeConfig:
     heartbeat_ttl_s: float = 5.0          # a member silent this long leaves the ring
     rebalance_bytes_per_s: int = 64 << 20  # bandwidth of background copies to new owners
     drain_timeout_s: float = 60.0         # SIGTERM: longest time spent handing chunks over
+    # Operations (kvstore/server/metrics.py): Prometheus text format over HTTP on host.
+    metrics_port: int = 9464              # 0 = pick a free port; -1 = no metrics endpoint
+    # Security (docs/SECURITY.md). All empty = the embedded local default: plaintext, no auth.
+    tls_cert: str = ""                    # PEM server certificate (gRPC and data plane over TLS)
+    tls_key: str = ""                     # PEM private key of tls_cert
+    tls_client_ca: str = ""               # PEM CA bundle; set = clients must present a cert (mTLS)
+    tls_ca: str = ""                      # PEM CA this node trusts when it dials other nodes
+    auth_tokens_file: str = ""            # JSON/YAML: token (sha256) -> tenant and role
+    peer_token_file: str = ""             # file holding the token this node presents to peers
+    # tenant -> {"quota_bytes": N, "share_with": [tenants allowed to read its chunks]}
+    tenants: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"{name}={getattr(self, name)!r}: {why}")
 
+        if not -1 <= self.metrics_port <= 65535:
+            raise bad("metrics_port", "must be a TCP port 0-65535 (0 picks one, -1 turns it off)")
         for name in ("port", "data_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise bad(name, "must be a TCP port 0-65535 (0 picks a free one)")
@@ -175,7 +188,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"unknown setting {name!r} (from {source}); known: {sorted(_FIELDS)}")
     if name in _SIZE_FIELDS:
         return parse_size(value, where)
-    if name == "tier_codecs":
+    if name in ("tier_codecs", "tenants"):
         if isinstance(value, str):
             try:
                 value = json.loads(value)
@@ -183,7 +196,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 raise ConfigError(f"{where}: expected a JSON object like "
                                   f'{{"disk": "kivi-int4"}}: {exc}') from None
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of tier name to codec")
+            raise ConfigError(f"{where}: expected a mapping (JSON object)")
         return dict(value)
     if name == "models":
         if isinstance(value, str):

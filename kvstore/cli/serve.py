@@ -19,6 +19,8 @@ _FLAGS = {
     # cluster membership (kvstore/cluster): joining needs only --redis-url
     "redis_url": str, "advertise_host": str, "capacity_weight": str, "replication": str,
     "heartbeat_ttl_s": str, "rebalance_bytes_per_s": str, "drain_timeout_s": str,
+    "metrics_port": str, "tls_cert": str, "tls_key": str, "tls_client_ca": str, "tls_ca": str,
+    "auth_tokens_file": str, "peer_token_file": str,
 }
 
 
