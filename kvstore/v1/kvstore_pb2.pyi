@@ -218,7 +218,7 @@ class LatencyStats(_message.Message):
     def __init__(self, op: _Optional[str] = ..., count: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
 class NamespaceStats(_message.Message):
-    __slots__ = ("namespace_id", "model_id", "tenant", "hits", "misses", "bytes_in", "bytes_out")
+    __slots__ = ("namespace_id", "model_id", "tenant", "hits", "misses", "bytes_in", "bytes_out", "used_bytes", "chunks")
     NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,8 @@ class NamespaceStats(_message.Message):
     MISSES_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_FIELD_NUMBER: _ClassVar[int]
     BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     namespace_id: str
     model_id: str
     tenant: str
@@ -233,10 +235,30 @@ class NamespaceStats(_message.Message):
     misses: int
     bytes_in: int
     bytes_out: int
-    def __init__(self, namespace_id: _Optional[str] = ..., model_id: _Optional[str] = ..., tenant: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
+    used_bytes: int
+    chunks: int
+    def __init__(self, namespace_id: _Optional[str] = ..., model_id: _Optional[str] = ..., tenant: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
+
+class TenantStats(_message.Message):
+    __slots__ = ("tenant", "hits", "misses", "bytes_in", "bytes_out", "used_bytes", "chunks")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    hits: int
+    misses: int
+    bytes_in: int
+    bytes_out: int
+    used_bytes: int
+    chunks: int
+    def __init__(self, tenant: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("node_id", "tiers", "hits", "misses", "bytes_in", "bytes_out", "puts", "rejected", "prefetches", "latencies", "namespaces", "uptime_s")
+    __slots__ = ("node_id", "tiers", "hits", "misses", "bytes_in", "bytes_out", "puts", "rejected", "prefetches", "latencies", "namespaces", "uptime_s", "tenants")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +271,7 @@ class StatsResponse(_message.Message):
     LATENCIES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     hits: int
@@ -261,4 +284,85 @@ class StatsResponse(_message.Message):
     latencies: _containers.RepeatedCompositeFieldContainer[LatencyStats]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStats]
     uptime_s: float
-    def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., puts: _Optional[int] = ..., rejected: _Optional[int] = ..., prefetches: _Optional[int] = ..., latencies: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantStats]
+    def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., puts: _Optional[int] = ..., rejected: _Optional[int] = ..., prefetches: _Optional[int] = ..., latencies: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ...) -> None: ...
+
+class InspectRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ChunkReport(_message.Message):
+    __slots__ = ("key", "found", "tiers", "payload_bytes", "codec", "checksum", "dtype", "shape", "num_tokens", "namespace_id", "model_id", "tenant", "age_s", "hits")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    found: bool
+    tiers: _containers.RepeatedScalarFieldContainer[str]
+    payload_bytes: int
+    codec: str
+    checksum: int
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    num_tokens: int
+    namespace_id: str
+    model_id: str
+    tenant: str
+    age_s: float
+    hits: int
+    def __init__(self, key: _Optional[bytes] = ..., found: _Optional[bool] = ..., tiers: _Optional[_Iterable[str]] = ..., payload_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., checksum: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., namespace_id: _Optional[str] = ..., model_id: _Optional[str] = ..., tenant: _Optional[str] = ..., age_s: _Optional[float] = ..., hits: _Optional[int] = ...) -> None: ...
+
+class InspectResponse(_message.Message):
+    __slots__ = ("node_id", "chunks")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkReport]
+    def __init__(self, node_id: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkReport, _Mapping]]] = ...) -> None: ...
+
+class EvictRequest(_message.Message):
+    __slots__ = ("model_id", "tenant", "namespace_id")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    tenant: str
+    namespace_id: str
+    def __init__(self, model_id: _Optional[str] = ..., tenant: _Optional[str] = ..., namespace_id: _Optional[str] = ...) -> None: ...
+
+class EvictResponse(_message.Message):
+    __slots__ = ("node_id", "chunks", "bytes", "namespace_ids")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    chunks: int
+    bytes: int
+    namespace_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., chunks: _Optional[int] = ..., bytes: _Optional[int] = ..., namespace_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("node_id", "message")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    message: str
+    def __init__(self, node_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

@@ -310,3 +310,165 @@ class KVStore:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Inspect = channel.unary_unary(
+                '/kvstore.v1.Admin/Inspect',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.InspectRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.InspectResponse.FromString,
+                _registered_method=True)
+        self.Evict = channel.unary_unary(
+                '/kvstore.v1.Admin/Evict',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.EvictRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.EvictResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/kvstore.v1.Admin/Drain',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.DrainRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.DrainResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Inspect(self, request, context):
+        """Where each chunk lives on this node, its size, codec, checksum, namespace and age.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evict(self, request, context):
+        """Removes every chunk of a model, tenant or namespace from every tier of this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Starts a graceful drain (chunks handed to their new owners, then the node leaves and stops);
+        FAILED_PRECONDITION on a standalone node or one already draining.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Inspect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inspect,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.InspectRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.InspectResponse.SerializeToString,
+            ),
+            'Evict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evict,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.EvictRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.EvictResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.DrainRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.DrainResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'kvstore.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('kvstore.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Inspect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/Inspect',
+            kvstore_dot_v1_dot_kvstore__pb2.InspectRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.InspectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/Evict',
+            kvstore_dot_v1_dot_kvstore__pb2.EvictRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.EvictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/Drain',
+            kvstore_dot_v1_dot_kvstore__pb2.DrainRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
