@@ -28,7 +28,7 @@ for s in $STEPS; do
   case $s in
     gpu_tests) step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu tests/kernels -o addopts="" ;;
     kernels) step kernels 120 python3 -m kvstore_kernels.bench_gpu ;;
-    quant) [ -f kernels/kvstore_kernels/bench_quant_gpu.py ] && step quant 120 python3 -m kvstore_kernels.bench_quant_gpu ;;
+    quant) [ -f kernels/kvstore_kernels/bench_quant_gpu.py ] && step quant 300 python3 -m kvstore_kernels.bench_quant_gpu ${QUANT_ARGS:-} --json-out "$OUT/quant.json" ;;
     store) step store 400 python3 -m kvstore.cli.main bench store --systems raw-socket kvstore kvstore-shm kvstore-alloc kvstore-grpc --mib-per-case 2048 ;;
     blend)  # KV served by a kvstore node's CPU tier on this machine, then in-process for contrast
       python3 -m kvstore.cli.main serve --port 50061 --data-port 50062 --gpu-device none --shared-memory \
@@ -38,7 +38,7 @@ for s in $STEPS; do
       python3 -c "from kvstore.procs import wait_port; wait_port('127.0.0.1', 50061, 60); wait_port('127.0.0.1', 50062, 60)" \
         || { echo "node did not start"; cat "$OUT/blend_node.log"; }
       step blend_node 420 python3 -m kvstore.bench.blend_gpu --store-address 127.0.0.1:50061 \
-        --out "$OUT/blend_gpu_node.json"
+        --out "$OUT/blend_gpu_node.json" ${BLEND_ARGS:-}
       kill $node
       [ "${BLEND_INPROC:-0}" = 1 ] && step blend_inproc 300 python3 -m kvstore.bench.blend_gpu \
         --out "$OUT/blend_gpu_inproc.json" ;;

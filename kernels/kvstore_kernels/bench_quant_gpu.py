@@ -44,6 +44,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="cuda")
     p.add_argument("--json-out", help="also write the JSON line here")
+    p.add_argument("--tune", action="store_true",
+                   help="first sweep the kernels' launch shapes (tile size x warps), keep the "
+                        "fastest per codec, then run the benchmark with them")
     return p.parse_args(argv)
 
 
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     dst = torch.empty_like(x)
     copy_s = time_fn(lambda: dst.copy_(x), args.reps, args.warmup)
     copy_gbps = 2 * nbytes / copy_s / 1e9
+    tuned = _tune(x, args, time_fn) if args.tune else {}
     rows: list[dict[str, Any]] = [{"kernel": "copy", "time_us": copy_s * 1e6,
                                    "bytes_moved": 2 * nbytes, "GBps": copy_gbps,
                                    "share_of_copy": 1.0, "check": "ok"}]
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     _print(rows, device_name, shape, args.dtype, nbytes)
     result = {"bench": "quant_gpu", "device": device_name, "shape": list(shape),
               "dtype": args.dtype, "chunk_MiB": nbytes / MIB, "group_size": args.group_size,
-              "torch": torch.__version__, "rows": rows,
+              "torch": torch.__version__, "rows": rows, "tuned": tuned,
+              "launch": {"fp8": dict(fp8.LAUNCH), "kivi": dict(quant_kivi.LAUNCH)},
               "share_of_copy": {r["kernel"]: round(r["share_of_copy"], 3) for r in rows
                                 if "share_of_copy" in r}}
     line = json.dumps(result, sort_keys=True)
@@ -165,6 +170,44 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json_out, "w") as f:
             f.write(line + "\n")
     return 1 if failed else 0
+
+
+TILES = (1024, 2048, 4096, 8192, 16384)
+WARPS = (2, 4, 8)
+
+
+def _tune(x: torch.Tensor, args: argparse.Namespace, time_fn) -> dict[str, Any]:
+    """Sweep tile x warps for fp8 and KIVI (quantize + dequantize time summed over the codecs
+    that share the launch table); set the fastest in the modules' LAUNCH; return the sweep."""
+    shape, dtype, g = x.shape, x.dtype, args.group_size
+    reps = max(10, args.reps // 2)
+    sweep: dict[str, Any] = {"fp8": [], "kivi": []}
+
+    def both(q, d) -> float:
+        p = q()
+        return time_fn(q, reps, 2) + time_fn(lambda: d(p), reps, 2)
+
+    for tile in TILES:
+        for warps in WARPS:
+            fp8.LAUNCH.update(tile=tile, num_warps=warps)
+            t = both(lambda: fp8.fp8_quantize(x, backend="triton"),
+                     lambda p: fp8.fp8_dequantize(p, shape, dtype, backend="triton"))
+            sweep["fp8"].append({"tile": tile, "num_warps": warps, "time_us": t * 1e6})
+            quant_kivi.LAUNCH.update(keys_tile=tile, values_tile=tile, num_warps=warps)
+            t = sum(both(lambda b=b: quant_kivi.kivi_quantize(x, b, g, backend="triton"),
+                         lambda p, b=b: quant_kivi.kivi_dequantize(p, shape, b, g, dtype,
+                                                                   backend="triton"))
+                    for b in (4, 2))
+            sweep["kivi"].append({"tile": tile, "num_warps": warps, "time_us": t * 1e6})
+            print(f"tune tile={tile:>5} warps={warps}: fp8 {sweep['fp8'][-1]['time_us']:7.1f} us"
+                  f"  kivi int4+int2 {t * 1e6:7.1f} us", flush=True)
+    best_fp8 = min(sweep["fp8"], key=lambda r: r["time_us"])
+    best_kivi = min(sweep["kivi"], key=lambda r: r["time_us"])
+    fp8.LAUNCH.update(tile=best_fp8["tile"], num_warps=best_fp8["num_warps"])
+    quant_kivi.LAUNCH.update(keys_tile=best_kivi["tile"], values_tile=best_kivi["tile"],
+                             num_warps=best_kivi["num_warps"])
+    print(f"tuned: fp8 {fp8.LAUNCH}, kivi {quant_kivi.LAUNCH}")
+    return {"sweep": sweep, "fp8": dict(fp8.LAUNCH), "kivi": dict(quant_kivi.LAUNCH)}
 
 
 def _print(rows: list[dict[str, Any]], device: str, shape: tuple[int, ...], dtype: str,

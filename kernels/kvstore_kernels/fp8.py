@@ -29,7 +29,9 @@ from kvstore_kernels.errors import KernelInputError
 
 FP8_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TINY_AMAX = 2.0**-110
-_TILE_ELEMS = 4096
+# Launch shape: elements per program tile and warps per program. Measured on an H100 with
+# bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
+LAUNCH = {"tile": 4096, "num_warps": 4}
 
 
 @triton.jit
@@ -93,6 +95,7 @@ def fp8_quantize(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         _fp8_quant_kernel[(triton.cdiv(rows, block_r),)](
             x, scales, codes, rows, d,
             BLOCK_R=block_r, BLOCK_D=block_d, SOFT_CVT=x.device.type != "cuda",
+            num_warps=LAUNCH["num_warps"],
         )
     return payload
 
@@ -115,6 +118,7 @@ def fp8_dequantize(
         _fp8_dequant_kernel[(triton.cdiv(rows, block_r),)](
             scales, codes, out.view(torch.int16) if soft_bf16 else out, rows, d,
             BLOCK_R=block_r, BLOCK_D=block_d, SOFT_BF16=soft_bf16,
+            num_warps=LAUNCH["num_warps"],
         )
     return out
 
@@ -162,7 +166,7 @@ def _split(payload: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor
 
 def _blocks(d: int) -> tuple[int, int]:
     block_d = triton.next_power_of_2(max(d, 1))
-    return max(1, _TILE_ELEMS // block_d), block_d
+    return max(1, LAUNCH["tile"] // block_d), block_d
 
 
 def _check_input(x: torch.Tensor) -> None:

@@ -45,7 +45,9 @@ from kvstore_kernels.errors import KernelInputError
 KIVI_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KIVI_BITS = (2, 4)
 GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
-_TILE_ELEMS = 4096
+# Launch shape: elements per program tile and warps per program. Measured on an H100 with
+# bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
+LAUNCH = {"keys_tile": 4096, "values_tile": 4096, "num_warps": 4}
 
 
 # ----------------------------------------------------------------------------- layout
@@ -158,29 +160,64 @@ def _kivi_quant_keys_kernel(
     H, T, D, NG, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # 2-D tiles only: token r*PPB + j of the group is loaded as row r of the j-th [G/PPB, BLOCK_D]
+    # tile (rows contiguous in D), so min/max, quantization and packing need no layout change.
+    # The second pass re-reads the tile from L1/L2, not from DRAM.
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
     n = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     dv = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    r = tl.arange(0, G // PPB)[:, None, None]
-    j = tl.arange(0, PPB)[None, :, None]
-    d = dv[None, None, :]
-    t = g * G + r * PPB + j
-    mask = (t < T) & (d < D)
-    base = x_ptr + (n // H) * stride_l + (n % H) * stride_h
-    x = tl.load(base + t * stride_t + d, mask=mask, other=0.0).to(tl.float32)
-    mn = tl.min(tl.min(tl.where(mask, x, float("inf")), axis=1), axis=0)
-    mx = tl.max(tl.max(tl.where(mask, x, float("-inf")), axis=1), axis=0)
+    r = tl.arange(0, G // PPB)[:, None]
+    d = dv[None, :]
     d_ok = dv < D
+    base = x_ptr + (n // H) * stride_l + (n % H) * stride_h
+    mn = tl.full([BLOCK_D], float("inf"), tl.float32)
+    mx = tl.full([BLOCK_D], float("-inf"), tl.float32)
+    for j in tl.static_range(PPB):
+        t = g * G + r * PPB + j
+        mask = (t < T) & (d < D)
+        x = tl.load(base + t * stride_t + d, mask=mask, other=0.0).to(tl.float32)
+        mn = tl.minimum(mn, tl.min(tl.where(mask, x, float("inf")), axis=0))
+        mx = tl.maximum(mx, tl.max(tl.where(mask, x, float("-inf")), axis=0))
     m, s, inv = _group_params(tl.where(d_ok, mn, 0.0), tl.where(d_ok, mx, 0.0), LEVELS)
-    q = tl.where(mask, _quant(x, m[None, None, :], inv[None, None, :], LEVELS), 0)
-    packed = tl.sum(q << (j * BITS), axis=1)  # [G/PPB, BLOCK_D]; disjoint bits, so sum == or
-    rr = tl.arange(0, G // PPB)[:, None]
-    code_offs = ((n * NG + g) * (G // PPB) + rr) * D + dv[None, :]
+    packed = tl.zeros([G // PPB, BLOCK_D], tl.int32)
+    for j in tl.static_range(PPB):
+        t = g * G + r * PPB + j
+        mask = (t < T) & (d < D)
+        x = tl.load(base + t * stride_t + d, mask=mask, other=0.0).to(tl.float32)
+        q = tl.where(mask, _quant(x, m[None, :], inv[None, :], LEVELS), 0)
+        packed = packed | (q << (j * BITS))
+    code_offs = ((n * NG + g) * (G // PPB) + r) * D + d
     tl.store(codes_ptr + code_offs, packed.to(tl.uint8), mask=d_ok[None, :])
     tl.store(scale_ptr + (n * NG + g) * D + dv, s.to(tl.float16), mask=d_ok)
     tl.store(min_ptr + (n * NG + g) * D + dv, m.to(tl.float16), mask=d_ok)
+
+
+@triton.jit
+def _pack_rows(q, BLOCK_T: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr):
+    """[BLOCK_T, G] codes -> [BLOCK_T, G / PPB] bytes, channel r*PPB + j at bits j*BITS."""
+    if BITS == 4:
+        a, b = tl.split(tl.reshape(q, (BLOCK_T, G // 2, 2)))
+        return a | (b << 4)
+    else:
+        # [t, r, a, b] = q[t, r*4 + 2a + b]: split b first, then a
+        lo, hi = tl.split(tl.reshape(q, (BLOCK_T, G // 4, 2, 2)))
+        q0, q2 = tl.split(lo)
+        q1, q3 = tl.split(hi)
+        return q0 | (q1 << 2) | (q2 << 4) | (q3 << 6)
+
+
+@triton.jit
+def _unpack_rows(b, BLOCK_T: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr):
+    """Inverse of _pack_rows: [BLOCK_T, G / PPB] bytes -> [BLOCK_T, G] codes."""
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    if BITS == 4:
+        q = tl.join(b & LEVELS, (b >> 4) & LEVELS)
+    else:
+        q = tl.join(tl.join(b & LEVELS, (b >> 4) & LEVELS),
+                    tl.join((b >> 2) & LEVELS, (b >> 6) & LEVELS))
+    return tl.reshape(q, (BLOCK_T, G))
 
 
 @triton.jit
@@ -189,24 +226,24 @@ def _kivi_quant_values_kernel(
     H, T, D, NGD, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
+    # One contiguous [BLOCK_T, G] tile (a channel group of BLOCK_T tokens); the packing pairs
+    # neighbouring channels with tl.split, which stays within a thread's registers.
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
     n = tl.program_id(0).to(tl.int64)
     tv = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     g = tl.program_id(2)
-    t = tv[:, None, None]
-    r = tl.arange(0, G // PPB)[None, :, None]
-    j = tl.arange(0, PPB)[None, None, :]
-    d = g * G + r * PPB + j
+    t = tv[:, None]
+    d = g * G + tl.arange(0, G)[None, :]
     mask = (t < T) & (d < D)
     base = x_ptr + (n // H) * stride_l + (n % H) * stride_h
     x = tl.load(base + t * stride_t + d, mask=mask, other=0.0).to(tl.float32)
-    mn = tl.min(tl.min(tl.where(mask, x, float("inf")), axis=2), axis=1)
-    mx = tl.max(tl.max(tl.where(mask, x, float("-inf")), axis=2), axis=1)
+    mn = tl.min(tl.where(mask, x, float("inf")), axis=1)
+    mx = tl.max(tl.where(mask, x, float("-inf")), axis=1)
     t_ok = tv < T
     m, s, inv = _group_params(tl.where(t_ok, mn, 0.0), tl.where(t_ok, mx, 0.0), LEVELS)
-    q = tl.where(mask, _quant(x, m[:, None, None], inv[:, None, None], LEVELS), 0)
-    packed = tl.sum(q << (j * BITS), axis=2)  # [BLOCK_T, G/PPB]
+    q = tl.where(mask, _quant(x, m[:, None], inv[:, None], LEVELS), 0)
+    packed = _pack_rows(q, BLOCK_T, G, BITS)
     rr = tl.arange(0, G // PPB)[None, :]
     row = n * T + tv
     code_offs = row[:, None] * (NGD * (G // PPB)) + g * (G // PPB) + rr
@@ -235,18 +272,17 @@ def _kivi_dequant_keys_kernel(
     g = tl.program_id(1)
     dv = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dv < D
-    rr = tl.arange(0, G // PPB)[:, None]
-    code_offs = ((n * NG + g) * (G // PPB) + rr) * D + dv[None, :]
+    r = tl.arange(0, G // PPB)[:, None]
+    d = dv[None, :]
+    code_offs = ((n * NG + g) * (G // PPB) + r) * D + d
     b = tl.load(codes_ptr + code_offs, mask=d_ok[None, :], other=0).to(tl.int32)
-    j = tl.arange(0, PPB)[None, :, None]
-    q = (b[:, None, :] >> (j * BITS)) & LEVELS  # [G/PPB, PPB, BLOCK_D]
     s = tl.load(scale_ptr + (n * NG + g) * D + dv, mask=d_ok, other=0.0).to(tl.float32)
     m = tl.load(min_ptr + (n * NG + g) * D + dv, mask=d_ok, other=0.0).to(tl.float32)
-    x = m[None, None, :] + q.to(tl.float32) * s[None, None, :]
-    t = g * G + tl.arange(0, G // PPB)[:, None, None] * PPB + j
-    d = dv[None, None, :]
     base = out_ptr + (n // H) * stride_l + (n % H) * stride_h
-    _store_f32(base + t * stride_t + d, x, (t < T) & (d < D), SOFT_BF16)
+    for j in tl.static_range(PPB):  # token r*PPB + j from bits j*BITS of byte row r
+        x = m[None, :] + ((b >> (j * BITS)) & LEVELS).to(tl.float32) * s[None, :]
+        t = g * G + r * PPB + j
+        _store_f32(base + t * stride_t + d, x, (t < T) & (d < D), SOFT_BF16)
 
 
 @triton.jit
@@ -256,7 +292,6 @@ def _kivi_dequant_values_kernel(
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_T: tl.constexpr, SOFT_BF16: tl.constexpr,
 ):
     PPB: tl.constexpr = 8 // BITS
-    LEVELS: tl.constexpr = (1 << BITS) - 1
     n = tl.program_id(0).to(tl.int64)
     tv = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     g = tl.program_id(2)
@@ -265,13 +300,12 @@ def _kivi_dequant_values_kernel(
     rr = tl.arange(0, G // PPB)[None, :]
     code_offs = row[:, None] * (NGD * (G // PPB)) + g * (G // PPB) + rr
     b = tl.load(codes_ptr + code_offs, mask=t_ok[:, None], other=0).to(tl.int32)
-    j = tl.arange(0, PPB)[None, None, :]
-    q = (b[:, :, None] >> (j * BITS)) & LEVELS  # [BLOCK_T, G/PPB, PPB]
+    q = _unpack_rows(b, BLOCK_T, G, BITS)  # [BLOCK_T, G]
     s = tl.load(scale_ptr + row * NGD + g, mask=t_ok, other=0.0).to(tl.float32)
     m = tl.load(min_ptr + row * NGD + g, mask=t_ok, other=0.0).to(tl.float32)
-    x = m[:, None, None] + q.to(tl.float32) * s[:, None, None]
-    t = tv[:, None, None]
-    d = g * G + tl.arange(0, G // PPB)[None, :, None] * PPB + j
+    x = m[:, None] + q.to(tl.float32) * s[:, None]
+    t = tv[:, None]
+    d = g * G + tl.arange(0, G)[None, :]
     base = out_ptr + (n // H) * stride_l + (n % H) * stride_h
     _store_f32(base + t * stride_t + d, x, (t < T) & (d < D), SOFT_BF16)
 
@@ -290,17 +324,16 @@ def kivi_quantize(x: torch.Tensor, bits: int, group_size: int = 32,
     v = lay.views(payload)
     k_in, v_in = _kv_views(x)
     G = group_size
-    block_d = min(triton.next_power_of_2(lay.D), max(16, _TILE_ELEMS // G))
+    block_d, block_t, warps = _blocks(lay)
     _kivi_quant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
         k_in, v["k_scale"], v["k_min"], v["k_codes"],
         lay.H, lay.T, lay.D, lay.ng, *k_in.stride()[:3],
-        BITS=bits, G=G, BLOCK_D=block_d,
+        BITS=bits, G=G, BLOCK_D=block_d, num_warps=warps,
     )
-    block_t = _block_t(lay)
     _kivi_quant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
         v_in, v["v_scale"], v["v_min"], v["v_codes"],
         lay.H, lay.T, lay.D, lay.ngd, *v_in.stride()[:3],
-        BITS=bits, G=G, BLOCK_T=block_t,
+        BITS=bits, G=G, BLOCK_T=block_t, num_warps=warps,
     )
     return payload
 
@@ -319,17 +352,16 @@ def kivi_dequantize(
     soft_bf16 = dtype == torch.bfloat16 and payload.device.type != "cuda"
     k_out, v_out = _kv_views(out.view(torch.int16) if soft_bf16 else out)
     G = group_size
-    block_d = min(triton.next_power_of_2(lay.D), max(16, _TILE_ELEMS // G))
+    block_d, block_t, warps = _blocks(lay)
     _kivi_dequant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
         v["k_scale"], v["k_min"], v["k_codes"], k_out,
         lay.H, lay.T, lay.D, lay.ng, *k_out.stride()[:3],
-        BITS=bits, G=G, BLOCK_D=block_d, SOFT_BF16=soft_bf16,
+        BITS=bits, G=G, BLOCK_D=block_d, SOFT_BF16=soft_bf16, num_warps=warps,
     )
-    block_t = _block_t(lay)
     _kivi_dequant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
         v["v_scale"], v["v_min"], v["v_codes"], v_out,
         lay.H, lay.T, lay.D, lay.ngd, *v_out.stride()[:3],
-        BITS=bits, G=G, BLOCK_T=block_t, SOFT_BF16=soft_bf16,
+        BITS=bits, G=G, BLOCK_T=block_t, SOFT_BF16=soft_bf16, num_warps=warps,
     )
     return out
 
@@ -339,8 +371,12 @@ def _kv_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, 0], x[:, 1]
 
 
-def _block_t(lay: KiviLayout) -> int:
-    return max(1, min(triton.next_power_of_2(lay.T), _TILE_ELEMS // lay.group_size))
+def _blocks(lay: KiviLayout) -> tuple[int, int, int]:
+    """(BLOCK_D of the key kernels, BLOCK_T of the value kernels, num_warps) from LAUNCH."""
+    G = lay.group_size
+    block_d = min(triton.next_power_of_2(lay.D), max(16, LAUNCH["keys_tile"] // G))
+    block_t = max(1, min(triton.next_power_of_2(lay.T), LAUNCH["values_tile"] // G))
+    return block_d, block_t, LAUNCH["num_warps"]
 
 
 # ----------------------------------------------------------------------------- torch reference

@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="host:port of a running kvstore node (default: in-memory store "
                              "over pinned CPU memory)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile one prefix-hit and one blend prefill per "
+                             "context with torch.profiler (top ops printed; traces under --out's "
+                             "folder)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model on the CPU: checks the code path in seconds")
 
@@ -184,12 +188,39 @@ def _bench_context(model: Any, args: argparse.Namespace, device: Any, n_tokens: 
             "recomputed_tokens": last.hits.recomputed_tokens,
             "fetch_ms": round(1e3 * tm.fetch_s, 1), "rerotate_ms": round(1e3 * tm.rerotate_s, 1),
             "wait_ms": round(1e3 * tm.wait_s, 1), "ingest_s": round(ingest_s, 1),
+            "phases_ms": {k: round(1e3 * v, 2) for k, v in vars(tm).items()},
         })
+    if args.profile:
+        _profile(engine, prompt, args, device, n_tokens)
     engine.close()
     writer.close()
     if hasattr(store, "close"):
         store.close()
     return rows
+
+
+def _profile(engine: Any, prompt: list[Any], args: argparse.Namespace, device: Any,
+             n_tokens: int) -> None:
+    """torch.profiler over one prefill per reuse path: where the time between the fetch and the
+    first token goes (ops sorted by self CPU time and by self CUDA time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    folder = (args.out.parent if args.out else Path(os.environ.get("OUT", ".")))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    for mode in ("prefix", "blend"):
+        _sync(device)
+        with profile(activities=activities, record_shapes=False) as prof:
+            res = engine.prefill(prompt, mode, write_back=False)
+            int(res.logits.argmax())
+            _sync(device)
+        del res
+        print(f"\n== profile: {mode} at {n_tokens} tokens")
+        for key in ("self_cpu_time_total",) + (("self_cuda_time_total",)
+                                               if device.type == "cuda" else ()):
+            print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
+        folder.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(folder / f"trace_{mode}_{n_tokens}.json"))
 
 
 def _sync(device: Any) -> None:

@@ -49,6 +49,14 @@ def prefix_prefill(
 ) -> tuple[torch.Tensor, Any, int]:
     """(last-position logits [vocab] fp32, DynamicCache of all N rows, P rows reused)."""
     cache, reused = cache_from_chunks(model, loaded, dtype, device)
+    return forward_rest(model, token_ids, cache, reused, device)
+
+
+@torch.no_grad()
+def forward_rest(
+    model: Any, token_ids: torch.Tensor, cache: Any, reused: int, device: torch.device,
+) -> tuple[torch.Tensor, Any, int]:
+    """The model on rows [reused, N) over a cache holding rows [0, reused)."""
     out = model(
         input_ids=token_ids[reused:][None].to(device), past_key_values=cache, use_cache=True,
         logits_to_keep=1,
