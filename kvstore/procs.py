@@ -73,6 +73,8 @@ def start_node(data_dir: str, extra: Sequence[str] = (), host: str = "127.0.0.1"
     data_port = data_port or free_port(host)
     cmd = [sys.executable, "-m", "kvstore.cli.main", "serve", "--host", host, "--port", str(port),
            "--data-port", str(data_port), "--data-dir", data_dir, *extra]
+    if not any(a.startswith("--metrics-port") for a in extra):
+        cmd += ["--metrics-port", "0"]  # several nodes per host: the default 9464 would clash
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -111,6 +111,7 @@ def node_config(tmp_path) -> Callable[..., NodeConfig]:
 
     def make(**kw: Any) -> NodeConfig:
         base: dict[str, Any] = dict(port=0, data_port=0, data_dir=str(tmp_path / "node"),
+                                    metrics_port=-1,  # tests/admin turns it on (port 0)
                                     gpu_device="none", page_bytes=64 << 10,
                                     cpu_capacity_bytes=96 << 20, max_chunk_bytes=40 << 20,
                                     disk_capacity_bytes=0)

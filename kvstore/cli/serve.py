@@ -92,7 +92,8 @@ async def serve(config: NodeConfig) -> None:
             await node.stop(grace_s=0)
             raise
     print(f"kvstore node {node.core.node_id}: gRPC {node.address}, data plane port "
-          f"{node.core.data_port or 'off'}, data dir {config.data_dir}"
+          f"{node.core.data_port or 'off'}, metrics port {node.metrics_port or 'off'}, "
+          f"data dir {config.data_dir}"
           + (f", cluster member {member.node_id} via {config.redis_url}" if member else ""),
           flush=True)
     stop = asyncio.Event()
@@ -101,6 +102,9 @@ async def serve(config: NodeConfig) -> None:
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig)
         stop.set()
+
+    if member is not None:  # `kvstore admin drain`: the same path as SIGTERM
+        node.drain_hook = lambda: on_signal(signal.SIGTERM)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

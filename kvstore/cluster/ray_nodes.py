@@ -39,7 +39,8 @@ class StoreNodeActor:
         from kvstore.server.node import NodeThread
 
         host = ray.util.get_node_ip_address()
-        settings = {"host": host, "port": 0, "data_port": 0, "gpu_device": "none",
+        settings = {"host": host, "port": 0, "data_port": 0, "metrics_port": 0,
+                    "gpu_device": "none",
                     "data_dir": tempfile.mkdtemp(prefix="kvstore-ray-"), **overrides}
         self.config = load_config(env={}, overrides=settings)
         self._thread = NodeThread(self.config)

@@ -14,7 +14,7 @@ from kvstore.chunk import IDENTITY, ChunkInfo
 from kvstore.config import NodeConfig
 from kvstore.errors import InvalidArgument
 from kvstore.server.sessions import Session, SessionTable
-from kvstore.server.stats import NodeStats
+from kvstore.server.stats import NamespaceCounters, NodeStats
 from kvstore.tiers.manager import Lease, PutReservation, TierManager
 from kvstore.v1 import kvstore_pb2 as pb
 
@@ -113,13 +113,25 @@ class StoreCore:
             resp.tiers.add(name=name, capacity_bytes=cap, used_bytes=used, chunks=chunks,
                            hits=c.hits, evictions=c.evictions, demotions_in=c.demotions_in,
                            promotions_out=c.promotions_out, corrupt_dropped=c.corrupt_dropped)
-        for op, window in s.latency.items():
-            p50, p99 = window.percentiles_ms()
-            resp.latencies.add(op=op, count=window.count, p50_ms=p50, p99_ms=p99)
-        for ns, nc in sorted(s.namespaces.items()):
+        for op, count, p50, p99 in s.latency_percentiles():
+            resp.latencies.add(op=op, count=count, p50_ms=p50, p99_ms=p99)
+        usage = m.namespace_usage()
+        for ns, nc in sorted({**dict.fromkeys(usage), **s.namespaces}.items()):
+            nc = nc or NamespaceCounters()  # chunks restored from disk, namespace not seen yet
+            chunks, used = usage.get(ns, (0, 0))
             resp.namespaces.add(namespace_id=ns, model_id=nc.model_id, tenant=nc.tenant,
                                 hits=nc.hits, misses=nc.misses, bytes_in=nc.bytes_in,
-                                bytes_out=nc.bytes_out)
+                                bytes_out=nc.bytes_out, used_bytes=used, chunks=chunks)
+        tenants: dict[str, pb.TenantStats] = {}
+        for n in resp.namespaces:  # per tenant = its namespaces added up (admin stats, metrics)
+            t = tenants.setdefault(n.tenant, pb.TenantStats(tenant=n.tenant))
+            t.hits += n.hits
+            t.misses += n.misses
+            t.bytes_in += n.bytes_in
+            t.bytes_out += n.bytes_out
+            t.used_bytes += n.used_bytes
+            t.chunks += n.chunks
+        resp.tenants.extend(tenants[k] for k in sorted(tenants))
         return resp
 
     def close(self) -> None:

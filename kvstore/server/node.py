@@ -1,4 +1,5 @@
-"""A store node: gRPC (KVStore, health, reflection) plus the bulk data plane over one StoreCore.
+"""A store node: gRPC (KVStore, Admin, health, reflection), the bulk data plane and the
+Prometheus endpoint (kvstore/server/metrics.py), all over one StoreCore.
 
 ``create_server(config)`` returns a started node and its gRPC port, so tests bind port 0.
 ``NodeThread`` runs a node on its own event loop in a background thread (tests, demo, bench).
@@ -15,9 +16,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvstore.config import NodeConfig
+from kvstore.server import admin
 from kvstore.server.core import StoreCore
 from kvstore.server.dataplane import DataPlaneServer
-from kvstore.server.service import KVStoreServicer
+from kvstore.server.metrics import MetricsServer
+from kvstore.server.service import KVStoreServicer, RejectUndecodable
 from kvstore.v1 import kvstore_pb2, kvstore_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,11 @@ GRPC_OPTIONS = [
     ("grpc.http2.write_buffer_size", 8 << 20),
     ("grpc.so_reuseport", 0),
 ]
+# RPCs in flight at once, all clients together; more are refused with RESOURCE_EXHAUSTED rather
+# than queued, so a flood of open streams cannot grow the node's memory without bound (each may
+# hold a receive buffer of up to grpc.max_receive_message_length). Generous: a worker keeps a few
+# calls in flight, and a node serves a few hundred workers.
+MAX_CONCURRENT_RPCS = 4096
 
 
 class StoreNode:
@@ -38,6 +46,9 @@ class StoreNode:
         self.dataplane: DataPlaneServer | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.metrics: MetricsServer | None = None
+        # Admin/Drain calls this (cluster members only: cli/serve.py sets it); None = standalone
+        self.drain_hook: admin.DrainHook | None = None
 
     async def start(self) -> int:
         cfg = self.config
@@ -45,21 +56,33 @@ class StoreNode:
             self.dataplane = DataPlaneServer(self.core, cfg.host, cfg.data_port)
             self.core.data_port = self.dataplane.port
             self.dataplane.start()
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[RejectUndecodable()],
+                                      maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         kvstore_pb2_grpc.add_KVStoreServicer_to_server(KVStoreServicer(self.core), self.server)
+        kvstore_pb2_grpc.add_AdminServicer_to_server(
+            admin.AdminServicer(self.core, lambda: self.drain_hook), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            (SERVICE_NAME, admin.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server)
         self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
         if not cfg.node_id:  # with port 0, resolved_node_id would say ":0" for every node
             self.core.node_id = f"{cfg.host}:{self.port}"
+        if cfg.metrics_port >= 0:
+            try:
+                self.metrics = MetricsServer(self.core.stats_pb, cfg.host, cfg.metrics_port)
+            except BaseException:  # a configured endpoint that cannot start stops startup
+                if self.dataplane:
+                    self.dataplane.stop()
+                raise
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("kvstore node %s serving gRPC on %s:%d, data plane on %s", self.core.node_id,
-                 cfg.host, self.port, self.core.data_port or "off")
+        log.info("kvstore node %s serving gRPC on %s:%d, data plane on %s, metrics on %s",
+                 self.core.node_id, cfg.host, self.port, self.core.data_port or "off",
+                 self.metrics_port or "off")
         return self.port
 
     async def stop(self, grace_s: float = 2.0) -> None:
@@ -68,11 +91,18 @@ class StoreNode:
             self.dataplane.stop()
         if self.server:
             await self.server.stop(grace_s)
+        if self.metrics:
+            self.metrics.stop()
         self.core.close()
 
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound Prometheus port (0 = no metrics endpoint)."""
+        return self.metrics.port if self.metrics else 0
 
 
 async def create_server(config: NodeConfig) -> tuple[StoreNode, int]:

@@ -82,3 +82,12 @@ class NodeStats:
     def record_lookup(self, seconds: float) -> None:
         with self._lock:
             self.latency["lookup"].add(seconds)
+
+    def latency_percentiles(self) -> list[tuple[str, int, float, float]]:
+        """(op, count, p50_ms, p99_ms) per operation. The windows are copied under the lock:
+        puts and gets append to them from worker threads while Stats or a scrape reads."""
+        with self._lock:
+            copies = [(op, w.count, LatencyWindow()) for op, w in self.latency.items()]
+            for (_, _, c), w in zip(copies, self.latency.values(), strict=True):
+                c.samples.extend(w.samples)
+        return [(op, n, *c.percentiles_ms()) for op, n, c in copies]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Entry:
     pins: int = 0                # readers holding zero-copy views
     hits: int = 0
     doomed: bool = False         # removed while pinned: free memory on last release
+    created: float = field(default_factory=time.time)  # wall clock (disk index: file mtime)
 
     @property
     def tier(self) -> str:
@@ -471,7 +473,8 @@ class TierManager:
         assert self.disk is not None
         records = sorted(self.disk.scan(), key=lambda r: r.mtime)  # oldest first = LRU order
         for rec in records:
-            self._insert(Entry(rec.info, rec.namespace, disk_bytes=rec.file_bytes))
+            self._insert(Entry(rec.info, rec.namespace, disk_bytes=rec.file_bytes,
+                               created=rec.mtime))
         if records:
             log.info("disk tier: rebuilt index of %d chunks (%d bytes)", len(records),
                      self.disk.used_bytes)
@@ -500,6 +503,41 @@ class TierManager:
     def close(self) -> None:
         self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
 
+    # ---- admin (kvstore/server/admin.py: inspect, evict; per-namespace usage) -------------
+    def inspect(self, keys: Sequence[bytes]) -> list[ChunkRecord | None]:
+        """Where each chunk lives and what it is, or None; reads nothing, counts no hit."""
+        with self._lock:
+            out: list[ChunkRecord | None] = []
+            for k in keys:
+                e = self._index.get(k)
+                if e is None:
+                    out.append(None)
+                    continue
+                tiers = ((e.mem.name,) if e.mem else ()) + (("disk",) if e.disk_bytes else ())
+                out.append(ChunkRecord(e.info, e.namespace, tiers, e.created, e.hits))
+            return out
+
+    def evict_namespaces(self, namespaces: Iterable[str]) -> tuple[int, int]:
+        """Remove every chunk of these namespaces from every tier: (chunks, payload bytes).
+        Chunks being read stay readable until released, then their memory is freed."""
+        wanted = set(namespaces)
+        with self._lock:
+            doomed = [(k, e.info.payload_bytes) for k, e in self._index.items()
+                      if e.namespace in wanted]
+            for k, _ in doomed:
+                self._remove(k)
+        return len(doomed), sum(n for _, n in doomed)
+
+    def namespace_usage(self) -> dict[str, tuple[int, int]]:
+        """namespace -> (chunks, stored bytes); a chunk in memory and on disk counts both."""
+        with self._lock:
+            out: dict[str, tuple[int, int]] = {}
+            for e in self._index.values():
+                copies = (e.mem is not None) + bool(e.disk_bytes)
+                n, b = out.get(e.namespace, (0, 0))
+                out[e.namespace] = (n + 1, b + copies * e.info.payload_bytes)
+            return out
+
 
 def _gpu_device(config: NodeConfig) -> str | None:
     if config.gpu_device == "none":
@@ -525,3 +563,14 @@ def _write_alloc(tier: MemoryTier, alloc: Allocation, data: bytearray | torch.Te
     else:
         tier.write_from(alloc, data if isinstance(data, torch.Tensor)
                         else torch.frombuffer(data, dtype=torch.uint8))
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """What `kvstore admin inspect` reports of one chunk (a snapshot, see TierManager.inspect)."""
+
+    info: ChunkInfo
+    namespace: str
+    tiers: tuple[str, ...]   # top first: a memory tier and/or "disk"
+    created: float           # wall-clock time it was stored (disk index: file mtime)
+    hits: int

@@ -1,0 +1,132 @@
+"""Prometheus metrics of one node, over HTTP (``metrics_port``; -1 = off, 0 = a free port).
+
+The collector reads the very snapshot the ``KVStore/Stats`` RPC returns (``StoreCore.stats_pb``)
+on every scrape, so `kvstore admin stats` and Prometheus can never disagree: no second set of
+counters exists. Every metric carries ``node``; tier metrics add ``tier``, latencies ``op`` and
+``quantile``, tenant metrics ``tenant`` ("" = clients that name no tenant).
+
+Latency quantiles are gauges over the node's window of the last 4096 operations per op (the
+window kvstore/server/stats.py keeps), not a Prometheus summary: the node keeps no all-time sum.
+
+The HTTP server is prometheus_client's (a daemon thread per node); ``/metrics`` (any path, in
+fact) answers with the text exposition format.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kvstore.errors import ConfigError
+from kvstore.v1 import kvstore_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# (metric name without _total, help, StatsResponse field) per node
+_NODE_COUNTERS = (
+    ("kvstore_hits", "Gets that found their chunk", "hits"),
+    ("kvstore_misses", "Gets that found no chunk", "misses"),
+    ("kvstore_received_bytes", "Payload bytes stored by puts", "bytes_in"),
+    ("kvstore_sent_bytes", "Payload bytes served by gets", "bytes_out"),
+    ("kvstore_puts", "Chunks stored", "puts"),
+    ("kvstore_rejected_puts", "Puts refused (bad input, no room, checksum mismatch)", "rejected"),
+    ("kvstore_prefetches", "Disk chunks promoted to memory by lookup prefetch", "prefetches"),
+)
+# (name, help, TierStats field, is_counter) per tier
+_TIER_METRICS = (
+    ("kvstore_tier_capacity_bytes", "Capacity of the tier", "capacity_bytes", False),
+    ("kvstore_tier_used_bytes", "Bytes in use in the tier", "used_bytes", False),
+    ("kvstore_tier_chunks", "Chunks held by the tier", "chunks", False),
+    ("kvstore_tier_hits", "Gets served from the tier", "hits", True),
+    ("kvstore_tier_evictions", "Chunks that left the tier to make room", "evictions", True),
+    ("kvstore_tier_demotions", "Chunks demoted into the tier from the one above",
+     "demotions_in", True),
+    ("kvstore_tier_promotions", "Chunks promoted from the tier to the top memory tier",
+     "promotions_out", True),
+    ("kvstore_tier_corrupt_chunks_dropped", "Chunks dropped because they failed their checksum",
+     "corrupt_dropped", True),
+)
+# (name, help, TenantStats field, is_counter) per tenant
+_TENANT_METRICS = (
+    ("kvstore_tenant_hits", "Gets that found their chunk, per tenant", "hits", True),
+    ("kvstore_tenant_misses", "Gets that found no chunk, per tenant", "misses", True),
+    ("kvstore_tenant_received_bytes", "Payload bytes stored, per tenant", "bytes_in", True),
+    ("kvstore_tenant_sent_bytes", "Payload bytes served, per tenant", "bytes_out", True),
+    ("kvstore_tenant_used_bytes", "Stored bytes (memory and disk copies), per tenant",
+     "used_bytes", False),
+    ("kvstore_tenant_chunks", "Chunks stored, per tenant", "chunks", False),
+)
+
+
+def _family(name: str, doc: str, labels: list[str], counter: bool) -> Metric:
+    return (CounterMetricFamily(name, doc, labels=labels) if counter
+            else GaugeMetricFamily(name, doc, labels=labels))
+
+
+def metric_families(s: pb.StatsResponse) -> Iterator[Metric]:
+    """The metrics of one Stats snapshot (names follow Prometheus conventions)."""
+    node = s.node_id
+    for name, doc, field in _NODE_COUNTERS:
+        fam = CounterMetricFamily(name, doc, labels=["node"])
+        fam.add_metric([node], getattr(s, field))
+        yield fam
+    up = GaugeMetricFamily("kvstore_uptime_seconds", "Seconds since the node started",
+                           labels=["node"])
+    up.add_metric([node], s.uptime_s)
+    yield up
+    for name, doc, field, counter in _TIER_METRICS:
+        fam = _family(name, doc, ["node", "tier"], counter)
+        for t in s.tiers:
+            fam.add_metric([node, t.name], getattr(t, field))
+        yield fam
+    ops = CounterMetricFamily("kvstore_operations", "Operations timed, per op",
+                              labels=["node", "op"])
+    lat = GaugeMetricFamily("kvstore_latency_seconds", "Latency quantiles over the last 4096 "
+                            "operations, per op", labels=["node", "op", "quantile"])
+    for op in s.latencies:
+        ops.add_metric([node, op.op], op.count)
+        lat.add_metric([node, op.op, "0.5"], op.p50_ms / 1e3)
+        lat.add_metric([node, op.op, "0.99"], op.p99_ms / 1e3)
+    yield ops
+    yield lat
+    for name, doc, field, counter in _TENANT_METRICS:
+        fam = _family(name, doc, ["node", "tenant"], counter)
+        for t in s.tenants:
+            fam.add_metric([node, t.tenant], getattr(t, field))
+        yield fam
+
+
+class StatsCollector(Collector):
+    """A custom collector: every scrape calls ``snapshot`` (StoreCore.stats_pb) once."""
+
+    def __init__(self, snapshot: Callable[[], pb.StatsResponse]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from metric_families(self._snapshot())
+
+
+class MetricsServer:
+    """The node's /metrics endpoint on ``host:port`` (0 = a free port) in a daemon thread."""
+
+    def __init__(self, snapshot: Callable[[], pb.StatsResponse], host: str, port: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)  # one per node: tests run several
+        self.registry.register(StatsCollector(snapshot))
+        try:
+            self._server, self._thread = start_http_server(port, host, self.registry)
+        except OSError as exc:
+            raise ConfigError(f"metrics_port {port}: cannot listen on {host}:{port} ({exc}); "
+                              "pick another port, 0 for a free one, -1 for no metrics") from exc
+        self.port: int = self._server.server_port
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+__all__ = ["MetricsServer", "StatsCollector", "metric_families"]
