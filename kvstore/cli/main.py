@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster.add_arguments(sub.add_parser("cluster", help="a local cluster of nodes: up, down, "
                                                         "status"))
+    from kvstore.cli import admin, warmup
+
+    admin.add_arguments(sub.add_parser("admin", help="operate nodes: stats, ring, inspect, "
+                                                     "evict, drain (tables or --json)"))
+    warmup.add_arguments(sub.add_parser("warmup", help="preload the cache with the KV of a "
+                                                       "directory of documents"))
     demo = sub.add_parser("demo", help="local store + real model: the time a cache hit saves")
     importlib.import_module("kvstore.demo").add_arguments(demo)
     bench = sub.add_parser("bench", help="benchmarks (print a table and a final JSON line)")
@@ -54,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             from kvstore.cli import cluster
 
             return cluster.run(args)
+        if args.command == "admin":
+            from kvstore.cli import admin
+
+            return admin.run(args)
+        if args.command == "warmup":
+            from kvstore.cli import warmup
+
+            return warmup.run(args)
         if args.command == "demo":
             return importlib.import_module("kvstore.demo").run(args)
         if getattr(args, "missing", None):
