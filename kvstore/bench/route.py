@@ -22,17 +22,26 @@ from tqdm import tqdm
 from kvstore.errors import InvalidArgument
 from kvstore.router import POLICIES, Router, RouterConfig
 from kvstore.sim.instance import InstanceConfig
-from kvstore.sim.metrics import RunMetrics, effective_capacity, summarize
+from kvstore.sim.metrics import (
+    RunMetrics,
+    capacity_bound,
+    effective_capacity,
+    prefix_hit_ceiling,
+    summarize,
+)
 from kvstore.sim.simulator import ScaleEvent, SimResult, simulate
-from kvstore.sim.trace import TraceRequest, load_trace, scale_load
+from kvstore.sim.trace import LONG_PROMPTS, TraceRequest, load_trace, scale_load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRACE = REPO_ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
 DEFAULT_PLOT = REPO_ROOT / "docs" / "route_slo.png"
-FULL_LOADS = (0.5, 1.0, 1.5, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0)
-QUICK_LOADS = (1.0, 2.0, 3.0, 4.0)
+# Coarse below the baselines' capacities, 0.125x steps where the best policies cross 90%: the
+# capacity ratio must be resolved to a few percent.
+FULL_LOADS = (1.0, 2.0, 3.0, 3.5, 4.0, 4.25, 4.5, 4.75, 5.0, 5.125, 5.25, 5.375, 5.5, 5.625)
+FULL_LOADS += (5.75, 6.0, 6.5)
+QUICK_LOADS = (2.0, 4.0, 6.0, 8.0)
 QUICK_REQUESTS = 1500
-SCALE_LOAD = 1.5  # 4 instances are overloaded at this load, 8 are not
+SCALE_LOAD = 3.0  # 4 instances are overloaded at this load, 8 are not
 TARGET_ATTAINMENT = 0.9
 RING_POLICIES = ("dualmap", "consistent_hash")
 
@@ -58,8 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-context-tokens",
         type=int,
-        default=32768,
-        help="prompt + output are truncated to this context (Qwen2.5-7B: 32K)",
+        default=20480,
+        help="the serving context (DualMap artifact: vLLM max-model-len 20480)",
+    )
+    parser.add_argument(
+        "--long-prompts",
+        choices=LONG_PROMPTS,
+        default="drop",
+        help="drop prompts of >= the context (as the DualMap artifact does) or truncate them to "
+        "context - output tokens",
+    )
+    parser.add_argument(
+        "--scale-load",
+        type=float,
+        default=SCALE_LOAD,
+        help="load of the half -> all instances scaling run",
     )
     parser.add_argument("--kv-capacity-tokens", type=int, default=InstanceConfig.kv_capacity_tokens)
     parser.add_argument(
@@ -132,7 +154,7 @@ class _Plan:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> _Plan:
         limit = QUICK_REQUESTS if args.quick and args.limit is None else args.limit
-        requests = load_trace(args.trace, args.max_context_tokens, limit)
+        requests = load_trace(args.trace, args.max_context_tokens, limit, args.long_prompts)
         if len(requests) < 2:
             raise InvalidArgument(f"{args.trace}: need at least two requests")
         return cls(args, requests)
@@ -182,6 +204,18 @@ class _Plan:
                 "attainment": [round(a, 4) for a in attain],
             }
         rep: dict = {"policies": per_policy}
+        # Upper bounds: every instance busy 100% of the time with prefills, at the trace's hit
+        # ceiling (every block seen before still cached) and at the best hit rate measured.
+        ceiling = prefix_hit_ceiling(self.requests)
+        best_hit = max(p["hit_rate"] for p in per_policy.values())
+        n, cost = self.args.instances, self.instance_config
+        rep["hit_ceiling"] = round(ceiling, 4)
+        rep["capacity_bound_at_ceiling_x"] = round(
+            capacity_bound(self.requests, n, cost, ceiling), 3
+        )
+        rep["capacity_bound_at_best_hit_x"] = round(
+            capacity_bound(self.requests, n, cost, best_hit), 3
+        )
         if "dualmap" in results:
             route_s = np.concatenate([np.array(r.route_s) for _, r in results["dualmap"].values()])
             rep["route_p50_us"] = round(float(np.percentile(route_s, 50)) * 1e6, 1)
@@ -214,7 +248,7 @@ class _Plan:
             disable=None,
         ) as bar:
             for policy in self.policies:
-                res = self._run(policy, SCALE_LOAD, start, ScaleEvent(0.5, add), bar)
+                res = self._run(policy, self.args.scale_load, start, ScaleEvent(0.5, add), bar)
                 t = res.scale_time_s if res.scale_time_s is not None else 0.0
                 before = _window(res, self.args.slo_s, None, t)
                 after = summarize(res, self.args.slo_s, since_s=t)
@@ -243,11 +277,16 @@ def _window(res: SimResult, slo_s: float, lo: float | None, hi: float) -> float:
 
 def _print_tables(plan: _Plan, results: dict, report: dict, scaling: dict | None) -> None:
     args = plan.args
+    long = (
+        f"prompts of >= {args.max_context_tokens} tokens dropped (as the DualMap artifact)"
+        if args.long_prompts == "drop"
+        else f"{sum(r.truncated for r in plan.requests)} prompts truncated to "
+        f"{args.max_context_tokens} - output tokens"
+    )
     print(
         f"trace {args.trace} : {len(plan.requests)} requests, base rate "
         f"{plan.base_rate:.2f} req/s, {args.instances} instances, TTFT SLO {args.slo_s:g} s, "
-        f"{sum(r.truncated for r in plan.requests)} prompts truncated to "
-        f"{args.max_context_tokens} - output tokens"
+        f"{long}"
     )
     head = (
         f"{'policy':<16}{'load':>6}{'req/s':>8}{'in SLO':>8}{'P50 s':>8}{'P90 s':>9}"
@@ -284,9 +323,17 @@ def _print_tables(plan: _Plan, results: dict, report: dict, scaling: dict | None
             f"affinity: {report.get('hit_ratio_vs_cache_affinity')} (target >= 0.9); "
             f"routing p99 {report['route_p99_us']} us (target < 1000 us)"
         )
+    print(
+        f"upper bound (all {args.instances} instances 100% busy): "
+        f"{report['capacity_bound_at_ceiling_x']:.2f}x at the trace's hit ceiling "
+        f"({report['hit_ceiling']:.1%}), {report['capacity_bound_at_best_hit_x']:.2f}x at the "
+        f"best measured hit rate"
+    )
     if scaling:
         print()
-        print(f"scaling at {SCALE_LOAD}x load: instances join when half the trace has arrived")
+        print(
+            f"scaling at {args.scale_load:g}x load: instances join when half the trace has arrived"
+        )
         print(
             f"{'policy':<16}{'instances':>10}{'SLO before':>12}{'SLO after':>11}{'hit after':>11}"
             f"{'remapped':>10}{'ideal':>7}"
@@ -310,6 +357,8 @@ def _json_line(plan: _Plan, report: dict, scaling: dict | None) -> dict:
         "base_rate_rps": round(plan.base_rate, 4),
         "loads": list(plan.loads),
         "quick": bool(plan.args.quick),
+        "long_prompts": plan.args.long_prompts,
+        "max_context_tokens": plan.args.max_context_tokens,
         "cost_model": {
             "prefill_ms_per_token": plan.instance_config.prefill_s_per_token * 1e3,
             "prefill_ms_per_cached_token": plan.instance_config.prefill_s_per_cached_token * 1e3,

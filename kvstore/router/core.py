@@ -52,6 +52,7 @@ class Router:
             HotspotRebalancer(cfg.slo_ttft_s) if cfg.rebalance and cfg.policy == "dualmap" else None
         )
         self.migrations = 0
+        self._now_s = 0.0  # latest time the router has been told (route / report_load)
 
     # -- membership -------------------------------------------------------------------------
 
@@ -63,7 +64,7 @@ class Router:
                 f"block, got {kv_capacity_tokens}"
             )
         self.ring.add_node(worker_id, weight)
-        self.cluster.add(worker_id, kv_capacity_tokens)
+        self.cluster.add(worker_id, kv_capacity_tokens, self._now_s)
         return self.ring.epoch
 
     def leave(self, worker_id: str) -> list[str]:
@@ -86,6 +87,8 @@ class Router:
             raise InvalidArgument("a prompt needs at least one token")
         if request_id in self.cluster.owner_of:
             raise InvalidArgument(f"request {request_id!r} is already queued")
+        self._now_s = max(self._now_s, now_s)
+        self.cluster.drain(now_s)
         key_len = self.hotness.observe(blocks, now_s, len(self.cluster.order))
         candidates = self.ring.candidates(key_bytes(blocks[key_len - 1]))
         choice: Choice = self.policy.choose(
@@ -122,8 +125,13 @@ class Router:
         worker_id: str,
         pending_prefill_tokens: float,
         started: Iterable[str] = (),
+        now_s: float | None = None,
     ) -> None:
-        """A worker's load report: its pending prefill tokens and the requests it has started."""
+        """A worker's load report: its pending prefill tokens and the requests it has started.
+
+        ``now_s`` is when the worker measured the load (the router's clock; default: the latest
+        time the router has seen); the router ages it from then on (``Cluster.drain``).
+        """
         state = self.cluster.workers.get(worker_id)
         if state is None:
             raise FailedPrecondition(f"worker {worker_id!r} has not joined")
@@ -131,7 +139,10 @@ class Router:
             raise InvalidArgument("pending_prefill_tokens must be >= 0")
         for rid in started:
             self.cluster.dequeue(rid)
+        if now_s is not None:
+            self._now_s = max(self._now_s, now_s)
         state.pending_tokens = float(pending_prefill_tokens)
+        state.as_of_s = self._now_s if now_s is None else now_s
 
     def candidates(self, blocks: Sequence[int]) -> tuple[str, str]:
         """The two candidates of a prompt without counting it (read-only lookup)."""

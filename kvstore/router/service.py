@@ -82,7 +82,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def ReportLoad(self, request, context):  # noqa: N802
         def report() -> router_pb2.ReportLoadResponse:
             self._router.report_load(
-                request.worker_id, request.pending_prefill_tokens, request.started_request_ids
+                request.worker_id,
+                request.pending_prefill_tokens,
+                request.started_request_ids,
+                now_s=self._clock(),
             )
             moves = self._outbox.pop(request.worker_id, [])
             return router_pb2.ReportLoadResponse(

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from kvstore.sim.instance import InstanceConfig
 from kvstore.sim.simulator import SimResult
+from kvstore.sim.trace import TRACE_BLOCK_TOKENS, TraceRequest
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,34 @@ def effective_capacity(
             a_lo, a_hi = attainment[i - 1], attainment[i]
             return float(lo + (hi - lo) * (a_lo - target) / (a_lo - a_hi))
     return float(loads[-1])
+
+
+def prefix_hit_ceiling(requests: Sequence[TraceRequest]) -> float:
+    """Share of prompt tokens cached if every block seen before were still cached everywhere."""
+    seen: set[int] = set()
+    hit = total = 0
+    for r in requests:
+        n = 0
+        for block in r.blocks:
+            if block not in seen:
+                break
+            n += 1
+        hit += min(n * TRACE_BLOCK_TOKENS, r.input_tokens - 1)
+        total += r.input_tokens
+        seen.update(r.blocks)
+    return hit / total if total else 0.0
+
+
+def capacity_bound(
+    requests: Sequence[TraceRequest], instances: int, cost: InstanceConfig, hit_rate: float
+) -> float:
+    """Load (x the trace's rate) at which ``instances`` are 100% busy with prefills at this hit
+    rate: no policy can keep 90% of requests within any SLO above it for long."""
+    span_s = requests[-1].arrival_s - requests[0].arrival_s
+    if span_s <= 0:
+        return float("inf")
+    mean_tokens = sum(r.input_tokens for r in requests) / len(requests)
+    prefill_s = cost.prefill_overhead_s + mean_tokens * (
+        (1 - hit_rate) * cost.prefill_s_per_token + hit_rate * cost.prefill_s_per_cached_token
+    )
+    return instances / (len(requests) / span_s * prefill_s)

@@ -71,10 +71,10 @@ class Simulation:
             self._seq += 1
             heapq.heappush(self._heap, (end_s, self._seq, inst.worker_id))
             self.router.report_load(
-                inst.worker_id, inst.pending_tokens(now_s), (request.request_id,)
+                inst.worker_id, inst.pending_tokens(now_s), (request.request_id,), now_s
             )
         else:
-            self.router.report_load(inst.worker_id, inst.pending_tokens(now_s))
+            self.router.report_load(inst.worker_id, inst.pending_tokens(now_s), now_s=now_s)
 
     def _complete_until(self, now_s: float) -> None:
         heap = self._heap

@@ -45,13 +45,32 @@ def test_trace_truncates_to_context_minus_output_and_keeps_the_prefix(tmp_path):
             },
         ],
     )
-    reqs = load_trace(trace, max_context_tokens=1124)
+    reqs = load_trace(trace, max_context_tokens=1124, long_prompts="truncate")
     assert [r.arrival_s for r in reqs] == [0.5, 1.5]  # sorted by arrival, ms -> s
     long, short = reqs
     assert (long.input_tokens, long.truncated, len(long.blocks)) == (1024, True, 2)
     assert (short.input_tokens, short.truncated, len(short.blocks)) == (1024, True, 2)
     assert long.blocks == short.blocks  # same prefix ids -> same chained hashes
     assert [r.arrival_s for r in scale_load(reqs, 2.0)] == [0.25, 0.75]
+
+
+def test_trace_drops_prompts_that_do_not_fit_like_the_dualmap_artifact(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    records = [
+        {"timestamp": 0, "input_length": 1123, "output_length": 900, "hash_ids": [0, 1, 2]},
+        {"timestamp": 1, "input_length": 1124, "output_length": 1, "hash_ids": [0, 1, 3]},
+        {"timestamp": 2, "input_length": 600, "output_length": 5, "hash_ids": [0, 4]},
+    ]
+    _write_trace(trace, records)
+    reqs = load_trace(trace, max_context_tokens=1124)  # drop is the default
+    # A prompt of >= context tokens is left out; one that fits is kept whole, whatever its output.
+    assert [(r.request_id, r.input_tokens, r.truncated) for r in reqs] == [
+        ("r1", 1123, False),
+        ("r3", 600, False),
+    ]
+    assert len(load_trace(trace, max_context_tokens=1124, limit=1)) == 1
+    with pytest.raises(InvalidArgument, match="long_prompts"):
+        load_trace(trace, long_prompts="cut")
 
 
 def test_trace_errors_name_the_file_and_line(tmp_path):

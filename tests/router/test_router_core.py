@@ -110,6 +110,26 @@ def test_hotspot_moves_queued_requests_to_their_own_alternate():
     assert router.migrations == len(d.migrations)
 
 
+def test_reported_load_ages_between_reports_as_the_worker_computes():
+    # Regression: a report used to stand until the next one, so a worker that reported 3 s of
+    # work looked 3 s busy long after it had finished it (stale queueing predictions).
+    router = _router(2, prefill_s_per_token=1e-3, prefill_overhead_s=0.0)
+    router.report_load("w0", 3000, now_s=10.0)  # 3 s of prefill work at t = 10 s
+    router.report_load("w1", 0, now_s=10.0)
+    state = router.cluster.workers["w0"]
+    router.route("r1", chain_block_ids([1]), 100, now_s=11.0)  # 1 s later: 2 s left on w0
+    assert state.pending_tokens in (2000, 2100)  # 2000 left, + 100 if r1 went to w0
+    assert state.as_of_s == 11.0
+    router.route("r2", chain_block_ids([2]), 100, now_s=20.0)  # long done: never below zero
+    assert all(0 <= w.pending_tokens <= 100 for w in router.cluster.workers.values())
+    # A report without a time counts as of the latest time the router has seen.
+    router.report_load("w0", 500)
+    assert (state.pending_tokens, state.as_of_s) == (500, 20.0)
+    # A worker that joins later is not aged from time zero.
+    router.join("w2", CAPACITY)
+    assert router.cluster.workers["w2"].as_of_s == 20.0
+
+
 def test_leave_returns_the_requests_still_queued_there():
     router = _router(2)
     d = router.route("r1", chain_block_ids([9]), 100, now_s=0.0)
