@@ -316,8 +316,12 @@ class RedisMembership:
     def _accept(self, snap: Snapshot) -> None:
         cur, new = self._view, snap.view
         if cur is not None:
-            if new.epoch < cur.epoch or new.same_members(cur):
+            if new.epoch < cur.epoch or (new.epoch == cur.epoch and new.same_members(cur)):
                 return
+            # Same members at a newer epoch (this watcher missed a leave and re-join while cut
+            # off from Redis, or members re-registered after Redis restarted empty): nothing
+            # moves, but the epoch is adopted and passed on, else this member would report a
+            # stale epoch forever and the ring would never look converged.
             vanished = cur.ids - new.ids - snap.gone
             if vanished:  # Redis lost them (restart): give them time to re-register
                 now = time.monotonic()

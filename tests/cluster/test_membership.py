@@ -134,3 +134,30 @@ async def test_static_membership_updates_are_new_epochs():
     first = await src.start(seen.append)
     src.update([Member("a", "h:1"), Member("b", "h:2")])
     assert first.epoch == 1 and [v.epoch for v in seen] == [2] and seen[0].ids == {"a", "b"}
+
+
+async def test_regression_watcher_kept_a_stale_epoch_after_missing_a_leave_and_rejoin(
+        redis_server):
+    """Chaos suite (partition): a node cut off from Redis was reaped and re-registered with the
+    same incarnation. Its watcher then saw the same members at a newer epoch and ignored it, so
+    it reported the old epoch forever and the ring never looked converged."""
+    url = f"redis://{redis_server.address}"
+    reg = RedisRegistry(url)
+    a = Member("a", "127.0.0.1:1000", incarnation="x")
+    await reg.put(a, 5.0)
+    w = RedisMembership(url)  # refreshed by hand: it surely misses what happens in between
+    views = []
+    try:
+        await w.start(views.append)
+        await w.close()  # stop its loop; refresh() below is the only way it learns anything
+        first = w.epoch
+        await reg.leave("a", first)  # reaped while cut off, then back: same member
+        await reg.put(a, 5.0, first)
+        w.registry = RedisRegistry(url)
+        await w.refresh()
+        now = (await reg.snapshot()).view
+        assert w.view.ids == {"a"} and w.epoch == now.epoch > first
+        assert [v.epoch for v in views] == [now.epoch]  # passed on: clients adopt it too
+    finally:
+        await w.close()
+        await reg.close()

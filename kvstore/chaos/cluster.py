@@ -1,0 +1,265 @@
+"""A local cluster built for fault injection: redis-server, N `kvstore serve` processes, and a
+proxy on every link that faults act on.
+
+    client ──▶ 127.0.0.1:P  (LinkProxy "grpc")  ──▶ 127.0.0.<10+i>:P  node i (gRPC)
+    client ──▶ 127.0.0.1:D  (LinkProxy "data")  ──▶ 127.0.0.<10+i>:D  node i (data plane)
+    node i ──▶ 127.0.0.1:Ri (LinkProxy "redis") ──▶ 127.0.0.1:R       redis-server
+
+Each node listens on its own loopback address and advertises 127.0.0.1 with the same port
+numbers, so its member address in Redis (its node id), the data port its Handshake returns, and
+the peers' rebalancing traffic all go through its proxies. ``ChaosNode.direct_address`` bypasses
+them: the test reads a node's own metrics there even while its link is cut.
+
+Nodes keep chunks in a small CPU tier (so many live only on disk) and write every chunk through
+to disk, so a kill -9 loses at most the few writes still queued. A node given ``tmpfs_bytes``
+keeps its data dir on a tmpfs of that size (root; mount failure is an error, never a skip).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kvstore import procs
+from kvstore.chaos.proxy import LinkProxy, ProxyHub
+from kvstore.cluster.membership import DEFAULT_PREFIX
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+HEARTBEAT_TTL_S = 1.5
+NODE_ARGS = ("--gpu-device", "none", "--cpu-capacity-bytes", "4MiB", "--page-bytes", "4KiB",
+             "--max-chunk-bytes", "1MiB", "--disk-capacity-bytes", "48MiB",
+             "--disk-admission", "write-through", "--metrics-port", "-1")
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float, what: str,
+             interval_s: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned); raise at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class Tmpfs:
+    """A tmpfs mounted at ``path`` (needs root); ``unmount`` is safe to call twice."""
+
+    def __init__(self, path: str | os.PathLike[str], size_bytes: int) -> None:
+        self.path, self.size_bytes = Path(path), size_bytes
+        self.mounted = False
+
+    def mount(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_bytes}",
+                            "kvstore-chaos", str(self.path)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"cannot mount a tmpfs at {self.path} (root needed): "
+                               f"{r.stderr.strip() or r.returncode}")
+        self.mounted = True
+
+    def unmount(self) -> None:
+        if self.mounted:
+            r = subprocess.run(["umount", str(self.path)], capture_output=True, text=True)
+            if r.returncode != 0:  # still busy (a process we could not stop): detach it
+                subprocess.run(["umount", "-l", str(self.path)], check=True)
+            self.mounted = False
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+
+@dataclass
+class ChaosNode:
+    index: int
+    private_host: str
+    port: int
+    data_port: int
+    data_dir: str
+    log_path: str
+    grpc_proxy: LinkProxy
+    data_proxy: LinkProxy
+    redis_proxy: LinkProxy
+    args: tuple[str, ...] = ()
+    proc: procs.Proc | None = None
+    starts: int = 0
+    tmpfs: Tmpfs | None = None
+
+    @property
+    def node_id(self) -> str:
+        """Its member id and public address (through the proxies)."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def direct_address(self) -> str:
+        return f"{self.private_host}:{self.port}"
+
+    @property
+    def proxies(self) -> tuple[LinkProxy, LinkProxy, LinkProxy]:
+        return self.grpc_proxy, self.data_proxy, self.redis_proxy
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.proc.poll() is None
+
+    def proc_state(self) -> str:
+        """The process state letter from /proc (R, S, T = stopped, Z, ...); "" if gone."""
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(") ", 1)[1][0]
+        except (OSError, IndexError):
+            return ""
+
+    def log_text(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class ChaosCluster:
+    root: Path
+    n_nodes: int = 3
+    tmpfs_bytes: dict[int, int] = field(default_factory=dict)  # node index -> tmpfs size
+    node_args: Sequence[str] = NODE_ARGS
+    ttl_s: float = HEARTBEAT_TTL_S
+    nodes: list[ChaosNode] = field(default_factory=list)
+    redis: procs.Proc | None = None
+    redis_port: int = 0
+    hub: ProxyHub | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        try:
+            self._start(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, timeout_s: float) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.redis = procs.start_redis()
+        self.redis_port = self.redis.port
+        self.hub = ProxyHub(seed=7)
+        for i in range(self.n_nodes):
+            host = f"127.0.0.{10 + i}"
+            grpc_p = self.hub.add(f"node{i}-grpc", (host, 0))
+            port = grpc_p.listen[1]
+            data_p = self.hub.add(f"node{i}-data", (host, 0))
+            data_port = data_p.listen[1]
+            grpc_p.upstream, data_p.upstream = (host, port), (host, data_port)
+            redis_p = self.hub.add(f"node{i}-redis", ("127.0.0.1", self.redis_port))
+            data_dir = self.root / f"node-{i}"
+            node = ChaosNode(i, host, port, data_port, str(data_dir),
+                             str(self.root / f"node-{i}.log"), grpc_p, data_p, redis_p)
+            if i in self.tmpfs_bytes:
+                node.tmpfs = Tmpfs(data_dir, self.tmpfs_bytes[i])
+                node.tmpfs.mount()
+            node.args = ("--redis-url", f"redis://{redis_p.address}", "--advertise-host",
+                         "127.0.0.1", "--heartbeat-ttl-s", str(self.ttl_s), *self.node_args)
+            self.nodes.append(node)
+        with ThreadPoolExecutor(self.n_nodes) as pool:  # each imports torch: start together
+            list(pool.map(lambda n: self.start_node(n, timeout_s), self.nodes))
+        wait_for(lambda: self.members() == {n.node_id for n in self.nodes}, timeout_s,
+                 "every node to register")
+
+    def start_node(self, node: ChaosNode, timeout_s: float = 90.0) -> None:
+        """Start (or restart, same ports and data dir) the node's `kvstore serve` process."""
+        node.proc = procs.start_node(node.data_dir, node.args, host=node.private_host,
+                                     port=node.port, data_port=node.data_port,
+                                     timeout_s=timeout_s, log_path=node.log_path)
+        node.starts += 1
+
+    def kill_node(self, node: ChaosNode) -> int:
+        """kill -9; returns the exit status (-9)."""
+        assert node.proc is not None
+        node.proc.proc.send_signal(signal.SIGKILL)
+        return node.proc.proc.wait(10)
+
+    def restart_redis(self) -> procs.Proc:
+        self.redis = procs.start_redis(port=self.redis_port)
+        return self.redis
+
+    # ---- the system's own state --------------------------------------------------------------
+    def _redis(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=1.0,
+                           socket_connect_timeout=1.0)
+
+    def registry(self) -> dict[str, Any]:
+        """What Redis holds now: epoch, members (id -> doc), published rebalance counters."""
+        r = self._redis()
+        try:
+            epoch = int(r.get(DEFAULT_PREFIX + "epoch") or 0)
+            members = {k.decode(): json.loads(v)
+                       for k, v in r.hgetall(DEFAULT_PREFIX + "nodes").items()}
+            counters = {k.decode(): json.loads(v)
+                        for k, v in r.hgetall(DEFAULT_PREFIX + "rebalance").items()}
+            info = r.info("server")
+        finally:
+            r.close()
+        return {"epoch": epoch, "members": members, "counters": counters,
+                "redis_uptime_s": int(info["uptime_in_seconds"]), "redis_pid": info["process_id"]}
+
+    def members(self) -> set[str]:
+        import redis
+
+        try:
+            return set(self.registry()["members"])
+        except redis.RedisError:
+            return set()
+
+    def converged(self, client_epoch: Callable[[], int] | None = None) -> bool:
+        """Every node registered and up, every node's watcher (and the client's, if given) at
+        the registry's epoch."""
+        import redis
+
+        try:
+            reg = self.registry()
+        except redis.RedisError:
+            return False
+        want = {n.node_id for n in self.nodes}
+        if set(reg["members"]) != want or any(d["state"] != "up"
+                                               for d in reg["members"].values()):
+            return False
+        if any(reg["counters"].get(n, {}).get("epoch") != reg["epoch"] for n in want):
+            return False
+        return client_epoch is None or client_epoch() == reg["epoch"]
+
+    def dead_nodes(self, except_: Sequence[ChaosNode] = ()) -> list[int]:
+        return [n.index for n in self.nodes if n not in except_ and not n.alive()]
+
+    def close(self) -> None:
+        for n in self.nodes:
+            if n.proc is not None:
+                if n.proc_state() == "T":
+                    os.kill(n.pid, signal.SIGCONT)
+                n.proc.kill()
+        if self.redis is not None:
+            self.redis.kill()
+        if self.hub is not None:
+            self.hub.close()
+        for n in self.nodes:
+            if n.tmpfs is not None:
+                n.tmpfs.unmount()

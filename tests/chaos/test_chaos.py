@@ -1,0 +1,302 @@
+"""The chaos suite: one test per fault kind against one live cluster under a verifying load.
+
+Every test asserts, for its fault:
+  * the fault really took (process state, proxy counters, ENOSPC, corrupt_dropped, ...);
+  * wrong bytes == 0 (every byte read is checked against its key);
+  * no node process died, except the one killed on purpose (restarted by the heal);
+  * availability of stable (R=2) keys >= 99 % while the fault is on, measured after the client's
+    notice window (one client deadline, 2 s) -- see kvstore/chaos/scenario.py;
+  * after the heal, the ring converges (every node registered and up, every node's and the
+    client's view at the registry's epoch) and the read failure rate is back within 1 % of the
+    baseline, both within BOUND_S;
+  * the fault log agrees with the system's own metrics (Stats RPC, Redis registry, /proc).
+Figures go to the summary table printed at the end of the run (conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from conftest import TMPFS_NODE, record
+
+from kvstore.chaos.cluster import HEARTBEAT_TTL_S, wait_for
+from kvstore.chaos.faults import (
+    ChunkCorruption,
+    DiskFull,
+    LinkFault,
+    Partition,
+    ProcessKill,
+    ProcessPause,
+    RedisOutage,
+)
+from kvstore.chaos.loadgen import COLD, chunk_key, payload
+from kvstore.chaos.scenario import FaultFigures, run_fault
+from kvstore.errors import KVStoreError
+
+pytestmark = pytest.mark.chaos
+
+HOLD_S = 7.0              # how long each fault stays on
+BOUND_S = 15.0            # recovery bound after the heal (ring + read failure rate)
+KILL_BOUND_S = 25.0       # ... when the heal is a process start (imports torch on 2 cores)
+MIN_AVAILABILITY = 0.99
+MIN_STABLE_READS = 100    # below this the availability figure says little
+REAP_S = 4 * HEARTBEAT_TTL_S + 2.0  # a silent member leaves the registry within this
+
+
+def check_common(figs: FaultFigures, cluster) -> None:
+    assert figs.wrong == 0, f"{figs.wrong} wrong answers"
+    assert cluster.dead_nodes() == [], f"node(s) {cluster.dead_nodes()} died"
+    assert figs.stable_reads >= MIN_STABLE_READS, figs
+    assert figs.availability >= MIN_AVAILABILITY, figs
+    assert figs.recovery_s <= figs.bound_s, figs
+
+
+def incarnation(cluster, node) -> str:
+    return cluster.registry()["members"][node.node_id]["incarnation"]
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_kill9_node_then_warm_restart_from_disk(cluster, load, probe, faults, chaos_results):
+    node = cluster.nodes[0]
+    held = probe.holders(node, load.stable)
+    assert held, "node 0 holds none of the stable keys"
+    fault = faults.add(ProcessKill(faults.log, cluster, node))
+    old_pid, old_inc = node.pid, incarnation(cluster, node)
+    files = [ChunkCorruption(faults.log, node, []).path(k) for k in held]
+    wait_for(lambda: all(p.exists() for p in files), 10, "write-through of node 0's keys")
+
+    def during():
+        t0 = time.monotonic()
+        assert cluster.dead_nodes() == [node.index]
+        wait_for(lambda: node.node_id not in cluster.members(), REAP_S, "node 0 reaped")
+        assert cluster.dead_nodes() == [node.index]  # nobody else fell over meanwhile
+        return {"reaped_after_s": round(time.monotonic() - t0, 2)}
+
+    def after_heal():
+        t_heal = time.monotonic()
+        back = probe.holders(node, list(held))  # at once: only the disk can have these
+        st = probe.stats(node)
+        disk = next(t for t in st.tiers if t.name == "disk")
+        return {"warm_found": len(back), "warm_expected": len(held),
+                "uptime_s": st.uptime_s, "stats_age_s": time.monotonic() - t_heal,
+                "disk_chunks": disk.chunks}
+
+    figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=KILL_BOUND_S, during=during,
+                     after_heal=after_heal)
+    record(chaos_results, figs, faults.log)
+    check_common(figs, cluster)
+    inject, heal = faults.log.events
+    assert inject.details["exit_status"] == -9 and not pid_exists(old_pid)
+    assert heal.details["pid"] == node.pid != old_pid
+    # warm restart: every stable key node 0 held is served from its disk right after the start
+    assert figs.extra["warm_found"] == figs.extra["warm_expected"]
+    assert figs.extra["disk_chunks"] >= len(held)
+    # the log against the system: a new process (uptime since the heal), a new incarnation
+    assert figs.extra["uptime_s"] <= heal.details["start_s"] + figs.extra["stats_age_s"] + 1.0
+    assert incarnation(cluster, node) != old_inc
+
+
+def test_sigstop_node_then_resume(cluster, load, probe, faults, chaos_results):
+    node = cluster.nodes[1]
+    fault = faults.add(ProcessPause(faults.log, node))
+    pid, inc = node.pid, incarnation(cluster, node)
+    uptime0, t_uptime0 = probe.stats(node).uptime_s, time.monotonic()
+
+    def during():
+        assert node.proc_state() == "T"
+        t0 = time.monotonic()
+        wait_for(lambda: node.node_id not in cluster.members(), REAP_S, "paused node reaped")
+        assert node.proc_state() == "T" and cluster.dead_nodes() == []
+        return {"reaped_after_s": round(time.monotonic() - t0, 2)}
+
+    figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, during=during)
+    record(chaos_results, figs, faults.log)
+    check_common(figs, cluster)
+    inject, heal = faults.log.events
+    assert inject.details["proc_state"] == "T" and heal.details["proc_state"] in "RSD"
+    # the same process came back (not a restart): same pid, same incarnation, uptime went on
+    assert node.pid == pid and incarnation(cluster, node) == inc
+    assert probe.stats(node).uptime_s >= uptime0 + (time.monotonic() - t_uptime0) - 1.0
+
+
+def test_latency_and_loss_on_a_node_link(cluster, load, probe, faults, chaos_results):
+    node = cluster.nodes[2]
+    latency = 0.03  # each way: every call that waits on this node is >= 60 ms slower
+    fault = faults.add(LinkFault(faults.log, node, latency_s=latency, reset_p=0.02))
+    rtt_before = probe.rtt_s(node, direct=False)
+    served0 = probe.stats(node)
+
+    def during():
+        rtt = probe.rtt_s(node, direct=False)
+        direct = probe.rtt_s(node, direct=True)
+        wait_for(lambda: sum(p.counters.resets for p in fault.proxies) > 0, HOLD_S,
+                 "a connection reset by the lossy link")
+        return {"rtt_proxy_s": rtt, "rtt_direct_s": direct, "rtt_before_s": rtt_before}
+
+    # longer: calls that wait on the slow link are few per second
+    figs = run_fault(cluster, load, fault, hold_s=HOLD_S + 3, bound_s=BOUND_S, during=during)
+    record(chaos_results, figs, faults.log)
+    check_common(figs, cluster)
+    heal = faults.log.events[-1]
+    x = figs.extra
+    # latency really added on the way (both directions), not inside the node
+    assert x["rtt_proxy_s"] >= 2 * latency * 0.9 and x["rtt_direct_s"] < latency, x
+    assert heal.details["resets"] >= 1 and heal.details["bytes"] > 0, heal.details
+    # the node kept serving through the degraded link: its own counters moved
+    served1 = probe.stats(node)
+    assert served1.bytes_out > served0.bytes_out and served1.puts > served0.puts
+    assert probe.rtt_s(node, direct=False) < latency
+
+
+def test_partition_a_node(cluster, load, probe, faults, chaos_results):
+    node = cluster.nodes[0]
+    fault = faults.add(Partition(faults.log, node))
+    pid, inc = node.pid, incarnation(cluster, node)
+    probe.client(node, direct=False)  # open the proxied session before the cut
+    counts: dict[str, int] = {}
+
+    def during():
+        st = probe.stats(node)  # direct: the node itself is fine
+        counts.update(puts0=st.puts, bytes_in0=st.bytes_in)
+        t0 = time.monotonic()
+        with pytest.raises(KVStoreError):  # through its link: silence until the deadline
+            probe.client(node, direct=False).lookup([bytes(16)], deadline_s=1.0)
+        cut_s = time.monotonic() - t0
+        wait_for(lambda: node.node_id not in cluster.members(), REAP_S,
+                 "partitioned node reaped")
+        assert node.alive() and cluster.dead_nodes() == []
+        return {"proxied_call_failed_after_s": round(cut_s, 2)}
+
+    def before_heal():
+        st = probe.stats(node)
+        return {"puts_while_cut": st.puts - counts["puts0"],
+                "bytes_in_while_cut": st.bytes_in - counts["bytes_in0"]}
+
+    figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, during=during,
+                     before_heal=before_heal)
+    record(chaos_results, figs, faults.log)
+    check_common(figs, cluster)
+    heal = faults.log.events[-1]
+    x = figs.extra
+    assert x["proxied_call_failed_after_s"] >= 0.9  # a black hole times out, it does not refuse
+    # nothing crossed the cut, and the node saw nothing arrive
+    assert all(v == 0 for v in heal.details["bytes_passed_while_cut"].values()), heal.details
+    assert x["puts_while_cut"] == 0 and x["bytes_in_while_cut"] == 0, x
+    assert node.pid == pid and incarnation(cluster, node) == inc
+
+
+def test_redis_stop_and_restart(cluster, load, probe, faults, chaos_results):
+    fault = faults.add(RedisOutage(faults.log, cluster))
+    before = cluster.registry()
+    incs = {n: d["incarnation"] for n, d in before["members"].items()}
+
+    def during():
+        assert cluster.members() == set()  # nothing answers on the port
+        assert cluster.dead_nodes() == []
+        return {}
+
+    def before_heal():
+        assert cluster.dead_nodes() == []  # nodes outlived the outage (longer than their TTL)
+        return {}
+
+    figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, notice_s=0.0,
+                     during=during, before_heal=before_heal)
+    record(chaos_results, figs, faults.log)
+    check_common(figs, cluster)
+    inject, heal = faults.log.events
+    after = cluster.registry()
+    assert inject.details["exit_status"] == 0 and heal.details["pid"] == after["redis_pid"]
+    assert after["redis_uptime_s"] <= time.time() - heal.time + 1
+    # same node processes re-registered themselves; the epoch never went back
+    assert {n: d["incarnation"] for n, d in after["members"].items()} == incs
+    assert after["epoch"] > before["epoch"]
+
+
+def test_disk_full_on_a_node(cluster, load, probe, faults, chaos_results):
+    node = cluster.nodes[TMPFS_NODE]
+    fault = faults.add(DiskFull(faults.log, node))
+    log_len = len(node.log_text())
+    counts: dict[str, int] = {}
+
+    def during():
+        st = probe.stats(node)
+        disk = next(t for t in st.tiers if t.name == "disk")
+        counts.update(puts0=st.puts, disk0=disk.chunks)
+        wait_for(lambda: "No space left on device" in node.log_text()[log_len:], HOLD_S,
+                 "the node to hit ENOSPC")
+        return {}
+
+    def before_heal():
+        st = probe.stats(node)
+        disk = next(t for t in st.tiers if t.name == "disk")
+        counts["disk_at_heal"] = disk.chunks
+        assert node.alive()
+        return {"puts_while_full": st.puts - counts["puts0"],
+                "disk_chunks_gained_while_full": disk.chunks - counts["disk0"],
+                "enospc_logged": node.log_text()[log_len:].count("No space left on device")}
+
+    def after_heal():
+        wait_for(lambda: probe.tier(node, "disk").chunks > counts["disk_at_heal"], BOUND_S,
+                 "disk writes to resume after the heal")
+
+    figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, during=during,
+                     before_heal=before_heal, after_heal=after_heal)
+    record(chaos_results, figs, faults.log)
+    check_common(figs, cluster)
+    inject = faults.log.events[0]
+    x = figs.extra
+    assert inject.details["errno"] == "ENOSPC" and inject.details["free_bytes"] == 0
+    # the node kept taking puts; none of them reached its full disk, and it said why
+    assert x["puts_while_full"] > 0 and x["disk_chunks_gained_while_full"] <= 0, x
+    assert x["enospc_logged"] >= 1, x
+
+
+def test_corrupt_chunk_files_on_disk(cluster, load, probe, faults, chaos_results):
+    node = cluster.nodes[1]
+    cold = [chunk_key(COLD, i, load.seed) for i in range(60)]
+    assert all(load.put_keys(cold))
+    mine = [k for k in cold if k in probe.holders(node, cold)]
+    assert len(mine) >= 10, len(mine)
+
+    def on_disk_only() -> list[bytes]:
+        load.put_keys(load.churn[:150])  # push older chunks out of the small CPU tier
+        tiers = probe.holders(node, mine)
+        return [k for k in mine if tiers.get(k) == "disk"]
+
+    victims = wait_for(lambda: (v := on_disk_only()) and len(v) >= 5 and v, 30,
+                       "cold chunks to live on disk only")
+    fault = faults.add(ChunkCorruption(faults.log, node, victims))
+    dropped0 = probe.tier(node, "disk").corrupt_dropped
+    served: dict[str, int] = {}
+
+    def during():
+        got = probe.client(node).get_many(victims)  # straight from the corrupted node
+        served["direct_returned"] = sum(t is not None for t in got)
+        served["direct_wrong"] = sum(t is not None and bytes(t.numpy()) != payload(k)
+                                     for k, t in zip(victims, got, strict=True))
+        via = load.call(load.client.get_many(victims, deadline_s=5.0))  # the other replica
+        served["cluster_ok"] = sum(t is not None and bytes(t.numpy()) == payload(k)
+                                   for k, t in zip(victims, via, strict=True))
+        served["dropped"] = probe.tier(node, "disk").corrupt_dropped - dropped0
+        return dict(served)
+
+    figs = run_fault(cluster, load, fault, hold_s=4.0, bound_s=BOUND_S, during=during)
+    record(chaos_results, figs, faults.log)
+    check_common(figs, cluster)
+    inject, heal = faults.log.events
+    x = figs.extra
+    # the node served none of the corrupted chunks, counted each one, and removed its file
+    assert x["direct_returned"] == 0 and x["direct_wrong"] == 0, x
+    assert x["dropped"] == inject.details["files"] == len(victims), x
+    assert heal.details["files_left"] == []
+    # every one of them was still read correctly through the cluster (from its other copy)
+    assert x["cluster_ok"] == len(victims), x
