@@ -138,6 +138,7 @@ class NodeConfig:
         if self.tier_codecs:
             self.tier_codec_policy()  # raises ConfigError for an unknown tier or codec
         self._check_cluster(bad)
+        self._check_security(bad)
 
     def _check_cluster(self, bad: Any) -> None:
         if self.redis_url and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
@@ -155,6 +156,20 @@ class NodeConfig:
             raise bad("rebalance_bytes_per_s", "must be > 0")
         if not (0 <= self.drain_timeout_s < float("inf")):
             raise bad("drain_timeout_s", "must be >= 0 seconds")
+
+    def _check_security(self, bad: Any) -> None:
+        """TLS files go in pairs; tenants are checked and their sizes parsed (docs/SECURITY.md).
+        Files are read when the node starts (a missing one stops it there, naming the setting)."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise bad("tls_cert" if self.tls_key else "tls_key",
+                      "tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise bad("tls_client_ca", "mutual TLS needs the node's own tls_cert and tls_key")
+        if self.shared_memory and self.auth_tokens_file:
+            raise bad("shared_memory", "cannot be combined with auth_tokens_file: the /dev/shm "
+                      "CPU tier file holds every tenant's chunks and any process of the node's "
+                      "user could map it")
+        object.__setattr__(self, "tenants", _check_tenants(self.tenants))
 
     @property
     def resolved_node_id(self) -> str:
@@ -175,6 +190,39 @@ class NodeConfig:
             return TierCodecPolicy.from_dict(self.tier_codecs)
         except ConfigError as exc:
             raise ConfigError(f"tier_codecs={dict(self.tier_codecs)!r}: {exc}") from None
+
+
+TENANT_KEYS = ("quota_bytes", "share_with")
+
+
+def _check_tenants(tenants: Any) -> dict[str, dict[str, Any]]:
+    """tenants as {name: {"quota_bytes": int | None, "share_with": tuple[str, ...]}}: sizes
+    parsed (``None`` = no quota), unknown keys and wrong types refused."""
+    if not isinstance(tenants, Mapping):
+        raise ConfigError(f"tenants={tenants!r}: expected a mapping of tenant name to "
+                          "{quota_bytes: SIZE, share_with: [tenants]}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in tenants.items():
+        where = f"tenants[{name!r}]"
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise ConfigError(f"{where}: a tenant name must be a non-empty string")
+        spec = {} if spec is None else spec
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where}={spec!r}: expected a mapping with keys {TENANT_KEYS}")
+        unknown = sorted(set(spec) - set(TENANT_KEYS), key=str)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {TENANT_KEYS}")
+        quota = spec.get("quota_bytes")
+        if quota is not None:
+            quota = parse_size(quota, f"{where}.quota_bytes")
+            if quota < 0:
+                raise ConfigError(f"{where}.quota_bytes={quota}: must be >= 0")
+        share = spec.get("share_with", ())
+        if isinstance(share, str) or not isinstance(share, (list, tuple)) or not all(
+                isinstance(t, str) and t for t in share):
+            raise ConfigError(f"{where}.share_with={share!r}: expected a list of tenant names")
+        out[name] = {"quota_bytes": quota, "share_with": tuple(share)}
+    return out
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}

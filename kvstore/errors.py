@@ -68,6 +68,22 @@ class DeadlineExceeded(KVStoreError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unauthenticated(KVStoreError):
+    """No bearer token, or one the node does not know (docs/SECURITY.md)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(KVStoreError):
+    """An authenticated caller asked for something its tenant or role may not do."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A put would take a tenant past its byte quota on this node (nothing is stored)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[KVStoreError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
@@ -76,6 +92,8 @@ _BY_CODE: dict[grpc.StatusCode, type[KVStoreError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

@@ -11,6 +11,10 @@ received into); tensors given to put_many are only read during the call.
 Codecs (kvstore/codecs): put_many(codec=...) encodes before sending, so only the encoded bytes
 cross the wire, and get_many decodes chunks stored with a codec (the ones a node re-encoded on
 demotion too) after the transfer, lossy ones on ``device``. Identity chunks take the plain path.
+
+Security (``security``, default ``ClientSecurity.from_env()``: KVSTORE_TOKEN, KVSTORE_TLS_CA...):
+the token goes with every call, including Handshake and Stats; with ``tls_ca`` the gRPC channel
+and the data plane use TLS (with a client certificate for mutual TLS). docs/SECURITY.md.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from kvstore.errors import (
     InvalidArgument,
     KVStoreError,
     SessionRequired,
+    Unavailable,
     error_for_status,
 )
 from kvstore.keys import KeyScheme, validate_key
@@ -40,6 +45,14 @@ from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 from kvstore.wire import scheme_to_pb
 from kvstore_client.dataplane import ConnectionPool, DataConnection
 from kvstore_client.retry import RetryPolicy
+from kvstore_client.security import (
+    ClientSecurity,
+    auth_metadata,
+    connect_hint,
+    open_channel,
+    server_hostname,
+    ssl_context,
+)
 from kvstore_client.shm import SharedMemoryMapping
 from kvstore_client.shm import fetch as shm_fetch
 from kvstore_client.tensors import BytesLike, as_bytes_view, empty_for, view_as
@@ -79,11 +92,15 @@ class LookupResult:
 
 
 class AsyncKVStoreClient:
-    def __init__(self, address: str, scheme: KeyScheme, options: ClientOptions | None = None):
+    def __init__(self, address: str, scheme: KeyScheme, options: ClientOptions | None = None,
+                 security: ClientSecurity | None = None):
         self.address = address
         self.scheme = scheme
         self.options = options or ClientOptions()
-        self._channel = grpc.aio.insecure_channel(address, options=[
+        self.security = security if security is not None else ClientSecurity.from_env()
+        self._auth = auth_metadata(self.security)
+        self._ssl = ssl_context(self.security)  # data plane; None = plaintext
+        self._channel = open_channel(address, self.security, options=[
             ("grpc.max_receive_message_length", 8 << 20),
             ("grpc.max_send_message_length", 8 << 20),
             ("grpc.service_config", _SERVICE_CONFIG),
@@ -97,9 +114,11 @@ class AsyncKVStoreClient:
         self.shm_gets = 0  # chunks copied out of the node's shared memory
 
     @classmethod
-    async def connect(cls, address: str, scheme: KeyScheme, **options: object
+    async def connect(cls, address: str, scheme: KeyScheme,
+                      security: ClientSecurity | None = None, **options: object
                       ) -> AsyncKVStoreClient:
-        client = cls(address, scheme, ClientOptions(**options))  # type: ignore[arg-type]
+        client = cls(address, scheme, ClientOptions(**options),  # type: ignore[arg-type]
+                     security)
         try:
             await client.handshake()
         except BaseException:
@@ -111,8 +130,11 @@ class AsyncKVStoreClient:
     async def handshake(self) -> pb.HandshakeResponse:
         req = pb.HandshakeRequest(scheme=scheme_to_pb(self.scheme),
                                   client_name=self.options.client_name)
-        session: pb.HandshakeResponse = await self._rpc(
-            lambda md, t: self._stub.Handshake(req, timeout=t), session=False)
+        try:
+            session: pb.HandshakeResponse = await self._rpc(
+                lambda md, t: self._stub.Handshake(req, metadata=md, timeout=t), session=False)
+        except Unavailable as exc:
+            raise Unavailable(f"{exc} ({connect_hint(self.security)})") from None
         self.session = session
         if self._pool:
             self._pool.close()
@@ -120,7 +142,8 @@ class AsyncKVStoreClient:
         if self.options.use_data_plane and session.data_port:
             host = self.address.rsplit(":", 1)[0].strip("[]")
             self._pool = ConnectionPool(host, session.data_port, lambda: self.session_id,
-                                        self.options.max_connections)
+                                        self.options.max_connections, self._ssl,
+                                        server_hostname(self.security, host))
         self._attach_shm(session)
         return session
 
@@ -137,8 +160,8 @@ class AsyncKVStoreClient:
     def session_id(self) -> str:
         return self.session.session_id if self.session else ""
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((SESSION_METADATA, self.session_id),)
+    def _metadata(self, session: bool = True) -> tuple[tuple[str, str], ...]:
+        return ((SESSION_METADATA, self.session_id), *self._auth) if session else self._auth
 
     async def _rpc(self, call: Callable[[tuple[tuple[str, str], ...], float], Awaitable[T]],
                    session: bool = True, deadline_s: float | None = None) -> T:
@@ -146,7 +169,7 @@ class AsyncKVStoreClient:
         timeout = deadline_s or self.options.deadline_s
         for attempt in (0, 1):
             try:
-                return await call(self._metadata() if session else (), timeout)
+                return await call(self._metadata(session), timeout)
             except grpc.aio.AioRpcError as exc:
                 name = dict(exc.trailing_metadata() or ()).get(ERROR_METADATA, "")
                 err = error_for_status(exc.code(), exc.details() or "", str(name))
@@ -397,8 +420,9 @@ class AsyncKVStoreClient:
         return resp.deleted
 
     async def stats(self, *, deadline_s: float | None = None) -> pb.StatsResponse:
-        return await self._rpc(lambda md, t: self._stub.Stats(pb.StatsRequest(), timeout=t),
-                               session=False, deadline_s=deadline_s)
+        return await self._rpc(
+            lambda md, t: self._stub.Stats(pb.StatsRequest(), metadata=md, timeout=t),
+            session=False, deadline_s=deadline_s)
 
     async def put(self, key: bytes, data: torch.Tensor | BytesLike, **kw: object) -> bool:
         return (await self.put_many([key], [data], **kw))[0]  # type: ignore[arg-type]

@@ -38,13 +38,20 @@ from typing import Any, TypeVar
 
 import torch
 
-from kvstore.errors import DeadlineExceeded, InvalidArgument, KVStoreError, Unavailable
+from kvstore.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    KVStoreError,
+    PermissionDenied,
+    Unavailable,
+)
 from kvstore.keys import KeyScheme
 from kvstore.ring import DEFAULT_VNODES_PER_WEIGHT
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore_client.aio import AsyncKVStoreClient, ClientOptions
 from kvstore_client.membership import ClusterView, Member, MembershipSource, Placement
 from kvstore_client.retry import RetryPolicy
+from kvstore_client.security import ClientSecurity
 from kvstore_client.tensors import BytesLike
 
 log = logging.getLogger(__name__)
@@ -69,9 +76,10 @@ class ClusterLookupResult:
 class _Node:
     """One member's client, with what this client last saw of its health and fill."""
 
-    def __init__(self, member: Member, scheme: KeyScheme, options: ClientOptions) -> None:
+    def __init__(self, member: Member, scheme: KeyScheme, options: ClientOptions,
+                 security: ClientSecurity) -> None:
         self.member = member
-        self.client = AsyncKVStoreClient(member.address, scheme, options)
+        self.client = AsyncKVStoreClient(member.address, scheme, options, security)
         self.suspect_until = 0.0
         self.used_bytes = 0
         self.capacity_bytes = 0
@@ -98,7 +106,7 @@ class AsyncClusterClient:
                  options: ClientOptions | None = None,
                  vnodes_per_weight: int = DEFAULT_VNODES_PER_WEIGHT,
                  transition_s: float = 30.0, suspect_s: float = 1.0,
-                 stats_refresh_s: float = 1.0) -> None:
+                 stats_refresh_s: float = 1.0, security: ClientSecurity | None = None) -> None:
         if (members is None) == (source is None):
             raise InvalidArgument("give either a member list or a membership source")
         if replication not in (1, 2):
@@ -106,6 +114,8 @@ class AsyncClusterClient:
         self.scheme = scheme
         self.replication = replication
         self.options = options or CLUSTER_OPTIONS
+        # one token and TLS setting for every member (None = ClientSecurity.from_env())
+        self.security = security if security is not None else ClientSecurity.from_env()
         self._members = tuple(members) if members is not None else None
         self._source = source
         self._vnodes = vnodes_per_weight
@@ -156,7 +166,7 @@ class AsyncClusterClient:
             if node is None or node.member.address != m.address:
                 if node is not None:
                     self._spawn(node.client.close())
-                self._nodes[m.node_id] = _Node(m, self.scheme, self.options)
+                self._nodes[m.node_id] = _Node(m, self.scheme, self.options, self.security)
             else:
                 node.member = m
         for nid in [n for n in self._nodes if n not in keep]:
@@ -294,7 +304,11 @@ class AsyncClusterClient:
 
     async def refresh_usage(self) -> None:
         """Read every member's fill now (replication=1 places on the emptier candidate)."""
-        results = await self.stats(deadline_s=min(2.0, self.options.deadline_s))
+        try:
+            results = await self.stats(deadline_s=min(2.0, self.options.deadline_s))
+        except PermissionDenied as exc:  # Stats is for role admin where auth is on: fill stays
+            log.debug("cannot read the nodes' fill: %s", exc)  # unknown (the ring decides)
+            return
         for nid, s in results.items():
             node = self._nodes.get(nid)
             if node is not None and isinstance(s, pb.StatsResponse):

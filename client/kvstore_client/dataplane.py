@@ -2,12 +2,17 @@
 
 Payloads are received with ``loop.sock_recv_into`` straight into the destination tensor's storage
 and sent with ``loop.sock_sendall`` from the source tensor's memory.
+
+With TLS (ClientSecurity.tls_ca, a node with tls_cert) a connection is an asyncio TLS stream
+instead (``TLSDataConnection``): asyncio's sock_* calls refuse SSL sockets, and decryption copies
+the bytes anyway, so payloads then pass through the stream's buffer (one copy more).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -23,17 +28,15 @@ class DataConnection:
         self.loop = asyncio.get_running_loop()
 
     @classmethod
-    async def open(cls, host: str, port: int, session_id: str) -> DataConnection:
-        loop = asyncio.get_running_loop()
-        try:
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, (host, port))
-        except OSError as exc:
-            sock.close()
-            raise Unavailable(f"data plane {host}:{port} unreachable: {exc}") from exc
-        conn = cls(sock)
+    async def open(cls, host: str, port: int, session_id: str,
+                   ssl_context: ssl.SSLContext | None = None,
+                   server_hostname: str = "") -> DataConnection:
+        conn: DataConnection
+        if ssl_context is not None:
+            conn = await TLSDataConnection.connect(host, port, ssl_context,
+                                                   server_hostname or host)
+        else:
+            conn = cls(await _plain_socket(host, port))
         sid = session_id.encode()
         try:
             await conn.send(dp.HELLO.pack(dp.MAGIC, dp.VERSION, len(sid)) + sid)
@@ -128,11 +131,73 @@ class DataConnection:
         return await self.read_status()
 
 
+async def _plain_socket(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.sock_connect(sock, (host, port))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"data plane {host}:{port} unreachable: {exc}") from exc
+    return sock
+
+
+class TLSDataConnection(DataConnection):
+    """The same protocol over an asyncio TLS stream (certificate and host name verified)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(writer.get_extra_info("socket"))
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, host: str, port: int, ctx: ssl.SSLContext,
+                      server_hostname: str) -> TLSDataConnection:
+        try:
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=server_hostname, limit=1 << 20,
+                ssl_handshake_timeout=10.0)
+        except ssl.SSLError as exc:  # an OSError too: catch it first for the clearer message
+            raise Unavailable(f"data plane {host}:{port}: TLS handshake failed: {exc}") from exc
+        except OSError as exc:
+            raise Unavailable(f"data plane {host}:{port} unreachable: {exc}") from exc
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def send(self, data: bytes | memoryview) -> None:
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (OSError, ConnectionError) as exc:
+            raise Unavailable(f"data plane (TLS) connection lost while sending: {exc}") from exc
+
+    async def recv_into(self, view: memoryview) -> None:
+        got, n = 0, len(view)
+        try:
+            while got < n:
+                data = await self.reader.read(min(n - got, 1 << 20))
+                if not data:
+                    raise Unavailable(f"data plane (TLS) closed after {got} of {n} bytes")
+                view[got:got + len(data)] = data
+                got += len(data)
+        except (OSError, ConnectionError) as exc:
+            raise Unavailable(f"data plane (TLS) connection lost while receiving: {exc}") \
+                from exc
+
+
 class ConnectionPool:
     """Idle data-plane connections to one node, at most ``size`` open at once."""
 
-    def __init__(self, host: str, port: int, session: Callable[[], str], size: int) -> None:
+    def __init__(self, host: str, port: int, session: Callable[[], str], size: int,
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str = "") -> None:
         self.host, self.port, self._session = host, port, session
+        self._ssl, self._server_hostname = ssl_context, server_hostname
         self._idle: list[DataConnection] = []
         self._slots = asyncio.Semaphore(size)
 
@@ -141,7 +206,8 @@ class ConnectionPool:
         if self._idle:
             return self._idle.pop()
         try:
-            return await DataConnection.open(self.host, self.port, self._session())
+            return await DataConnection.open(self.host, self.port, self._session(), self._ssl,
+                                             self._server_hostname)
         except BaseException:
             self._slots.release()
             raise

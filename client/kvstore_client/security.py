@@ -76,10 +76,32 @@ def open_channel(target: str, security: ClientSecurity | None = None,
 
 
 def ssl_context(security: ClientSecurity | None) -> ssl.SSLContext | None:
-    """A client SSLContext for the data plane's TCP socket (None = plaintext)."""
+    """A client SSLContext for the data plane's TCP socket (None = plaintext): verifies the
+    node's certificate against ``tls_ca`` and its name (``server_hostname``), TLS 1.2 at least."""
     if security is None or not security.tls:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=security.tls_ca)
-    if security.tls_cert:
-        ctx.load_cert_chain(security.tls_cert, security.tls_key)
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=security.tls_ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if security.tls_cert:
+            ctx.load_cert_chain(security.tls_cert, security.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the client TLS files (tls_ca={security.tls_ca!r}, "
+                         f"tls_cert={security.tls_cert!r}): {exc}") from exc
     return ctx
+
+
+def server_hostname(security: ClientSecurity | None, host: str) -> str:
+    """The name to check in the node's certificate: ``server_name`` if set, else the host."""
+    return security.server_name if security is not None and security.server_name else host
+
+
+def connect_hint(security: ClientSecurity | None) -> str:
+    """Appended to "node unreachable" errors: the usual TLS mistakes look the same as a node
+    that is down (the connection just closes)."""
+    if security is None or not security.tls:
+        return ("if the node is up, it may require TLS: give ClientSecurity(tls_ca=...) or set "
+                "KVSTORE_TLS_CA (docs/SECURITY.md)")
+    return ("if the node is up, check TLS: does it serve TLS at all, is its certificate signed "
+            "by tls_ca and issued for this host (else set server_name), and does it require a "
+            "client certificate (tls_cert/tls_key)? (docs/SECURITY.md)")

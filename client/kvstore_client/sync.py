@@ -15,20 +15,24 @@ import torch
 from kvstore.keys import KeyScheme
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore_client.aio import AsyncKVStoreClient, LookupResult
+from kvstore_client.security import ClientSecurity
 from kvstore_client.tensors import BytesLike
 
 T = TypeVar("T")
 
 
 class KVStoreClient:
-    def __init__(self, address: str, scheme: KeyScheme, **options: Any) -> None:
+    def __init__(self, address: str, scheme: KeyScheme, security: ClientSecurity | None = None,
+                 **options: Any) -> None:
+        """``security``: token and TLS settings (None = ClientSecurity.from_env()); ``options``:
+        ClientOptions fields."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="kvstore-client")
         self._thread.start()
         try:
             self._client: AsyncKVStoreClient = self._run(
-                AsyncKVStoreClient.connect(address, scheme, **options))
+                AsyncKVStoreClient.connect(address, scheme, security, **options))
         except BaseException:
             self._stop_loop()
             raise

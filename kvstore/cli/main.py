@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "evict, drain (tables or --json)"))
     warmup.add_arguments(sub.add_parser("warmup", help="preload the cache with the KV of a "
                                                        "directory of documents"))
+    from kvstore.cli import token
+
+    token.add_arguments(sub.add_parser("token", help="auth tokens: `token new --tenant T "
+                                                     "[--role admin]` (docs/SECURITY.md)"))
     demo = sub.add_parser("demo", help="local store + real model: the time a cache hit saves")
     importlib.import_module("kvstore.demo").add_arguments(demo)
     bench = sub.add_parser("bench", help="benchmarks (print a table and a final JSON line)")
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             from kvstore.cli import warmup
 
             return warmup.run(args)
+        if args.command == "token":
+            from kvstore.cli import token
+
+            return token.run(args)
         if args.command == "demo":
             return importlib.import_module("kvstore.demo").run(args)
         if getattr(args, "missing", None):

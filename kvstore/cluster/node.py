@@ -29,6 +29,7 @@ from kvstore.cluster.membership import (
     close_registry,
 )
 from kvstore.cluster.rebalance import CoreChunks, Rebalancer
+from kvstore.cluster.security import peer_security
 from kvstore.config import NodeConfig
 from kvstore.server.node import SERVICE_NAME
 from kvstore_client.membership import DRAINING, ClusterView, Member
@@ -56,7 +57,8 @@ class ClusterNode:
                                     min_epoch=lambda: self.watcher.epoch)
         self.rebalancer = Rebalancer(self.member.node_id, CoreChunks(node.core),
                                      replication=config.replication,
-                                     bytes_per_s=config.rebalance_bytes_per_s)
+                                     bytes_per_s=config.rebalance_bytes_per_s,
+                                     security=peer_security(config))
         self._report_task: asyncio.Task | None = None
 
     @property

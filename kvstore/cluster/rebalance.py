@@ -40,6 +40,7 @@ from kvstore.wire import info_to_pb
 from kvstore_client.aio import AsyncKVStoreClient, ClientOptions
 from kvstore_client.membership import ClusterView, build_ring
 from kvstore_client.retry import RetryPolicy
+from kvstore_client.security import ClientSecurity
 
 if TYPE_CHECKING:
     from kvstore.server.core import StoreCore
@@ -190,8 +191,10 @@ class Rebalancer:
                  bytes_per_s: float = 64 << 20, burst_bytes: float | None = None,
                  vnodes_per_weight: int = DEFAULT_VNODES_PER_WEIGHT, settle_s: float = 0.2,
                  retry_s: float = 2.0, max_attempts: int = 10, batch_bytes: int = 8 << 20,
-                 sweep_s: float = 60.0) -> None:
+                 sweep_s: float = 60.0, security: ClientSecurity | None = None) -> None:
         self.node_id, self.local, self.replication = node_id, local, replication
+        # how this node reaches its peers (kvstore/cluster/security.py); None = plaintext
+        self.security = security or ClientSecurity()
         self.bucket = TokenBucket(bytes_per_s, burst_bytes or max(64 << 10, bytes_per_s / 4))
         self.vnodes, self.settle_s, self.retry_s = vnodes_per_weight, settle_s, retry_s
         self.max_attempts, self.batch_bytes, self.sweep_s = max_attempts, batch_bytes, sweep_s
@@ -386,7 +389,8 @@ class Rebalancer:
         client = self._clients.get(key)
         if client is None:
             scheme = self.local.scheme(ns) or KeyScheme("kvstore-rebalance", "uint8")
-            client = self._clients[key] = CopyClient(address, scheme, _COPY_OPTIONS)
+            client = self._clients[key] = CopyClient(address, scheme, _COPY_OPTIONS,
+                                                     self.security)
         return client
 
     # ---- shutdown ----------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 It applies the per-session checks (dtype, codec), records statistics, and calls the TierManager.
 Transports only move bytes and translate errors.
+
+Isolation (docs/SECURITY.md): every data call is scoped to its session's namespace, so a chunk of
+another namespace is a miss for get/lookup/prefetch/delete on both transports, and a put never
+replaces it. Who may open a session on which namespace is decided at Handshake (sessions.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from kvstore import __version__
 from kvstore.chunk import IDENTITY, ChunkInfo
 from kvstore.config import NodeConfig
 from kvstore.errors import InvalidArgument
+from kvstore.server.auth import Principal, TokenTable
 from kvstore.server.sessions import Session, SessionTable
 from kvstore.server.stats import NamespaceCounters, NodeStats
 from kvstore.tiers.manager import Lease, PutReservation, TierManager
@@ -27,13 +32,16 @@ class StoreCore:
         self.node_id = config.resolved_node_id
         self.manager = TierManager(config)
         self.stats = NodeStats()
-        self.sessions = SessionTable(config.models)
+        self.sessions = SessionTable(config.models, tenants=config.tenants)
+        # None = auth off (the embedded local default): no tokens, every tenant open to all
+        self.auth = TokenTable(config.auth_tokens_file) if config.auth_tokens_file else None
         self.data_port = 0  # set by the data plane once it listens
         # the CPU tier's /dev/shm file when shared_memory is on (kvstore/tiers/shm.py)
         self.shm = next((t.shm for t in self.manager.mem_tiers if t.shm is not None), None)
 
-    def handshake(self, req: pb.HandshakeRequest) -> pb.HandshakeResponse:
-        s = self.sessions.open(req.scheme)
+    def handshake(self, req: pb.HandshakeRequest,
+                  principal: Principal | None = None) -> pb.HandshakeResponse:
+        s = self.sessions.open(req.scheme, principal)
         self.stats.namespace(s.namespace_id, s.scheme.model_id, s.scheme.tenant)
         return pb.HandshakeResponse(
             session_id=s.session_id, node_id=self.node_id, namespace_id=s.namespace_id,
@@ -43,8 +51,9 @@ class StoreCore:
 
     def begin_put(self, session: Session, info: ChunkInfo) -> PutReservation:
         try:
+            session.check_writable()
             self._check_chunk(session, info)
-            return self.manager.reserve(info, session.namespace_id)
+            return self.manager.reserve(info, session.namespace_id, session.tenant)
         except Exception:
             self.stats.record_rejected()
             raise
@@ -74,7 +83,7 @@ class StoreCore:
         started = time.perf_counter()
         if len(key) != 16:
             raise InvalidArgument(f"chunk key must be 16 bytes, got {len(key)}")
-        lease = self.manager.get(key)
+        lease = self.manager.get(key, session.namespace_id)
         nbytes = lease.info.payload_bytes if lease else 0
         self.stats.record_get(session.namespace_id, lease is not None, nbytes,
                               time.perf_counter() - started)
@@ -83,7 +92,7 @@ class StoreCore:
     def lookup(self, session: Session, req: pb.LookupRequest) -> pb.LookupResponse:
         started = time.perf_counter()
         _check_keys(req.keys)
-        entries = self.manager.lookup(req.keys)
+        entries = self.manager.lookup(req.keys, session.namespace_id)
         resp = pb.LookupResponse()
         run_open = True
         for key, e in zip(req.keys, entries, strict=True):
@@ -94,13 +103,15 @@ class StoreCore:
             resp.prefix_hits += run_open
         if req.prefetch or req.prefetch_next:
             hits = [k for k, e in zip(req.keys, entries, strict=True) if e is not None]
-            self.manager.prefetch(hits if req.prefetch else hits[-1:], req.prefetch_next)
+            self.manager.prefetch(hits if req.prefetch else hits[-1:], req.prefetch_next,
+                                  session.namespace_id)
         self.stats.record_lookup(time.perf_counter() - started)
         return resp
 
     def delete(self, session: Session, keys: Sequence[bytes]) -> int:
         _check_keys(keys)
-        return self.manager.delete(keys)
+        session.check_writable()
+        return self.manager.delete(keys, session.namespace_id)
 
     def stats_pb(self) -> pb.StatsResponse:
         s, m = self.stats, self.manager

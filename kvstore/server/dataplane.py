@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 
@@ -25,6 +26,7 @@ from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.wire import info_from_pb, info_to_pb
 
 log = logging.getLogger(__name__)
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class ConnectionClosed(Exception):
@@ -47,8 +49,10 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 class DataPlaneServer:
-    def __init__(self, core: StoreCore, host: str, port: int) -> None:
+    def __init__(self, core: StoreCore, host: str, port: int,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.core = core
+        self._ssl = ssl_context  # TLS (kvstore/server/tls.py): the same certs as gRPC
         self._listener = socket.create_server((host, port), backlog=128, reuse_port=False)
         self.port = self._listener.getsockname()[1]
         self._stop = threading.Event()
@@ -91,6 +95,8 @@ class DataPlaneServer:
     def _serve(self, conn: socket.socket) -> None:
         leases: dict[int, Lease] = {}  # GET_SHM leases this connection holds, by id
         try:
+            if self._ssl is not None:
+                conn = self._tls(conn)
             session = self._hello(conn)
             if session is None:
                 return
@@ -118,6 +124,18 @@ class DataPlaneServer:
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
+
+    def _tls(self, raw: socket.socket) -> socket.socket:
+        """TLS handshake on this connection's thread (a slow client never blocks accept); a
+        failed one (plaintext client, unknown CA, no client cert under mTLS) raises SSLError,
+        an OSError, and the connection is closed."""
+        raw.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
+        conn = self._ssl.wrap_socket(raw, server_side=True) if self._ssl else raw
+        conn.settimeout(None)
+        with self._lock:  # stop() shuts down what is in the set: the TLS socket from now on
+            self._conns.discard(raw)
+            self._conns.add(conn)
+        return conn
 
     def _hello(self, conn: socket.socket) -> Session | None:
         magic, version, n = dp.HELLO.unpack(recv_exact(conn, dp.HELLO.size))
@@ -167,7 +185,7 @@ class DataPlaneServer:
             if spans is None and lease.tier == "disk":
                 # the get promoted it from disk (unless the top tier was all pinned): lease the
                 # copy in memory instead of the disk read
-                retry = self.core.manager.get(key)
+                retry = self.core.manager.get(key, session.namespace_id)
                 if retry is not None:
                     lease.release()
                     lease, spans = retry, self._shm_spans(retry)

@@ -17,10 +17,12 @@ from grpc_reflection.v1alpha import reflection
 
 from kvstore.config import NodeConfig
 from kvstore.server import admin
+from kvstore.server.auth import AuthInterceptor
 from kvstore.server.core import StoreCore
 from kvstore.server.dataplane import DataPlaneServer
 from kvstore.server.metrics import MetricsServer
 from kvstore.server.service import KVStoreServicer, RejectUndecodable
+from kvstore.server.tls import server_credentials, server_ssl_context
 from kvstore.v1 import kvstore_pb2, kvstore_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,15 @@ class StoreNode:
 
     async def start(self) -> int:
         cfg = self.config
+        creds, ssl_ctx = server_credentials(cfg), server_ssl_context(cfg)  # TLS: docs/SECURITY.md
+        _warn_if_exposed(cfg, self.core.auth is not None)
         if cfg.data_plane:
-            self.dataplane = DataPlaneServer(self.core, cfg.host, cfg.data_port)
+            self.dataplane = DataPlaneServer(self.core, cfg.host, cfg.data_port, ssl_ctx)
             self.core.data_port = self.dataplane.port
             self.dataplane.start()
-        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[RejectUndecodable()],
+        auth = [AuthInterceptor(self.core.auth)] if self.core.auth is not None else []
+        self.server = grpc.aio.server(options=GRPC_OPTIONS,
+                                      interceptors=[*auth, RejectUndecodable()],
                                       maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         kvstore_pb2_grpc.add_KVStoreServicer_to_server(KVStoreServicer(self.core), self.server)
         kvstore_pb2_grpc.add_AdminServicer_to_server(
@@ -65,7 +71,9 @@ class StoreNode:
         reflection.enable_server_reflection(
             (SERVICE_NAME, admin.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
             self.server)
-        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        self.port = (self.server.add_secure_port(address, creds) if creds is not None
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
         if not cfg.node_id:  # with port 0, resolved_node_id would say ":0" for every node
@@ -103,6 +111,17 @@ class StoreNode:
     def metrics_port(self) -> int:
         """The bound Prometheus port (0 = no metrics endpoint)."""
         return self.metrics.port if self.metrics else 0
+
+
+def _warn_if_exposed(cfg: NodeConfig, auth: bool) -> None:
+    """Security is off only in the embedded local default; say so when a node runs without it
+    where others can reach it, or sends tokens in the clear."""
+    if not auth and cfg.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("kvstore node on %s without auth_tokens_file: anyone who can reach it can "
+                    "read, write and delete every chunk (docs/SECURITY.md)", cfg.host)
+    if auth and not cfg.tls_cert:
+        log.warning("auth is on but TLS is off: tokens and session ids cross the network in "
+                    "plaintext; set tls_cert and tls_key (docs/SECURITY.md)")
 
 
 async def create_server(config: NodeConfig) -> tuple[StoreNode, int]:

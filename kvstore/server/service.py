@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from kvstore.errors import ERROR_METADATA, InvalidArgument, KVStoreError
+from kvstore.server.auth import Principal
 from kvstore.server.core import StoreCore
 from kvstore.server.sessions import Session
 from kvstore.tiers.manager import PutReservation
@@ -37,8 +38,18 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 
 
 def _session(core: StoreCore, context: grpc.aio.ServicerContext) -> Session:
-    sid = dict(context.invocation_metadata() or ()).get(SESSION_METADATA)
-    return core.sessions.get(sid)
+    md = dict(context.invocation_metadata() or ())
+    session = core.sessions.get(md.get(SESSION_METADATA))
+    if core.auth is not None:  # the interceptor let the call in; the session must be the caller's
+        session.check_caller(core.auth.authenticate(md))
+    return session
+
+
+def _principal(core: StoreCore, context: grpc.aio.ServicerContext) -> Principal | None:
+    """The caller (None = auth off); Unauthenticated if auth is on and the token is bad."""
+    if core.auth is None:
+        return None
+    return core.auth.authenticate(dict(context.invocation_metadata() or ()))
 
 
 class KVStoreServicer(pb_grpc.KVStoreServicer):
@@ -53,7 +64,8 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             raise  # unreachable: abort raises
 
     async def Handshake(self, request: pb.HandshakeRequest, context: Any) -> pb.HandshakeResponse:
-        return await self._unary(context, lambda: self.core.handshake(request))
+        return await self._unary(context, lambda: self.core.handshake(
+            request, _principal(self.core, context)))
 
     async def Lookup(self, request: pb.LookupRequest, context: Any) -> pb.LookupResponse:
         return await self._unary(

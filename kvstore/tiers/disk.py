@@ -1,11 +1,15 @@
 """Disk tier: one file per chunk under ``<data_dir>/chunks``, written atomically.
 
 File format (little endian): b"KVC1", u32 header length, header = serialized ChunkMeta,
-u16 namespace length, namespace id (utf-8), then the payload. A chunk is written to
-``<data_dir>/tmp`` and renamed into place, so a crash leaves either the old state or the whole new
-file, never a torn chunk; leftover temporaries are removed on start. The index is rebuilt from
-file headers on start (payload checksums are verified when a chunk is read, not at start, so a
-restart costs one small read per chunk).
+u16 namespace length, namespace id (utf-8), then the payload. Chunks of a tenant are written as
+b"KVC2": the same plus u16 tenant length and the tenant name (utf-8) after the namespace, so
+tenant quotas survive a warm restart. Both are read; untenanted chunks are still written as KVC1,
+byte for byte as before. The payload is always the file's tail.
+
+A chunk is written to ``<data_dir>/tmp`` and renamed into place, so a crash leaves either the old
+state or the whole new file, never a torn chunk; leftover temporaries are removed on start. The
+index is rebuilt from file headers on start (payload checksums are verified when a chunk is read,
+not at start, so a restart costs one small read per chunk).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from kvstore.v1 import kvstore_pb2 as pb
 
 log = logging.getLogger(__name__)
 MAGIC = b"KVC1"
+MAGIC_TENANT = b"KVC2"  # KVC1 + the owning tenant after the namespace
 _HEAD = struct.Struct("<4sI")
 _NS = struct.Struct("<H")
 
@@ -37,6 +42,7 @@ class DiskRecord:
     namespace: str
     file_bytes: int
     mtime: float
+    tenant: str = ""
 
 
 class DiskTier:
@@ -61,17 +67,23 @@ class DiskTier:
         return self.chunks_dir / h[:2] / f"{h}.kvc"
 
     @staticmethod
-    def _header(info: ChunkInfo, namespace: str) -> bytes:
+    def _header(info: ChunkInfo, namespace: str, tenant: str = "") -> bytes:
         meta = wire.info_to_pb(info).SerializeToString()
         ns = namespace.encode()
-        return _HEAD.pack(MAGIC, len(meta)) + meta + _NS.pack(len(ns)) + ns
+        head = _HEAD.pack(MAGIC_TENANT if tenant else MAGIC, len(meta)) + meta
+        head += _NS.pack(len(ns)) + ns
+        if tenant:
+            t = tenant.encode()
+            head += _NS.pack(len(t)) + t
+        return head
 
-    def file_bytes(self, info: ChunkInfo, namespace: str) -> int:
-        return len(self._header(info, namespace)) + info.payload_bytes
+    def file_bytes(self, info: ChunkInfo, namespace: str, tenant: str = "") -> int:
+        return len(self._header(info, namespace, tenant)) + info.payload_bytes
 
-    def write(self, info: ChunkInfo, namespace: str, views: Iterable[memoryview]) -> int:
+    def write(self, info: ChunkInfo, namespace: str, views: Iterable[memoryview],
+              tenant: str = "") -> int:
         """Write the chunk atomically; returns bytes used. CapacityError if the disk is full."""
-        header = self._header(info, namespace)
+        header = self._header(info, namespace, tenant)
         final = self.path(info.key)
         tmp = self.tmp_dir / f"{info.key.hex()}.{uuid.uuid4().hex[:8]}"
         try:
@@ -94,11 +106,12 @@ class DiskTier:
 
     def read(self, info: ChunkInfo, namespace: str) -> bytearray:
         """The chunk's payload, checked against its checksum (ChecksumMismatch if it fails)."""
-        offset = len(self._header(info, namespace))
         buf = bytearray(info.payload_bytes)
         try:
             with open(self.path(info.key), "rb") as f:
-                f.seek(offset)
+                # the payload is the tail whatever the header version; a short file fails here
+                # or at the checksum
+                f.seek(-info.payload_bytes, os.SEEK_END)
                 n = f.readinto(buf)
         except OSError as exc:
             raise ChecksumMismatch(f"chunk file unreadable: {exc.strerror}") from exc
@@ -131,14 +144,20 @@ class DiskTier:
         st = path.stat()
         with open(path, "rb") as f:
             magic, meta_len = _HEAD.unpack(f.read(_HEAD.size))
-            if magic != MAGIC or meta_len > 1 << 20:
+            if magic not in (MAGIC, MAGIC_TENANT) or meta_len > 1 << 20:
                 raise ValueError("bad header")
             meta = pb.ChunkMeta.FromString(f.read(meta_len))
             (ns_len,) = _NS.unpack(f.read(_NS.size))
             namespace = f.read(ns_len).decode()
+            head = _HEAD.size + meta_len + _NS.size + ns_len
+            tenant = ""
+            if magic == MAGIC_TENANT:
+                (t_len,) = _NS.unpack(f.read(_NS.size))
+                tenant = f.read(t_len).decode()
+                head += _NS.size + t_len
         info = wire.info_from_pb(meta)
         if path.name != f"{info.key.hex()}.kvc":
             raise ValueError("file name does not match the key in its header")
-        if st.st_size != _HEAD.size + meta_len + _NS.size + ns_len + info.payload_bytes:
+        if st.st_size != head + info.payload_bytes:
             raise ValueError("file size does not match its header (truncated?)")
-        return DiskRecord(info, namespace, st.st_size, st.st_mtime)
+        return DiskRecord(info, namespace, st.st_size, st.st_mtime, tenant)

@@ -21,6 +21,13 @@ about 4 ms per MiB for kivi-int4 (`kvstore bench codecs` measured 259 MB/s encod
 2-core dev VM). A chunk that already has a disk copy
 (write-through, or a rebuilt index) keeps its encoding, so its memory and disk copies always match
 the one ChunkInfo. Gets return the stored bytes and their ChunkInfo; the node never decodes.
+
+Tenants (docs/SECURITY.md): a chunk belongs to the namespace, and the tenant, that put it. Calls
+given a ``namespace`` see only that namespace's chunks (another namespace's chunk is a miss, is
+not deleted, and a put of its key is refused, never replacing it); ``namespace=None`` is the
+node's own view (rebalancing, admin). Each tenant's bytes (payload bytes of its chunks, each once
+whatever its tiers) are counted; a put that would take a tenant past ``tenants[T].quota_bytes``
+is refused in ``reserve``, before any payload is received. Puts in flight count as used.
 """
 
 from __future__ import annotations
@@ -37,7 +44,13 @@ import torch
 
 from kvstore.chunk import ChunkInfo, checksum
 from kvstore.config import NodeConfig
-from kvstore.errors import CapacityError, ChecksumMismatch, KVStoreError
+from kvstore.errors import (
+    CapacityError,
+    ChecksumMismatch,
+    KVStoreError,
+    PermissionDenied,
+    QuotaExceeded,
+)
 from kvstore.tiers.disk import DiskTier
 from kvstore.tiers.memory import MemoryTier
 from kvstore.tiers.policy import EvictionPolicy, admit_to_disk, make_policy
@@ -58,6 +71,8 @@ class Entry:
     hits: int = 0
     doomed: bool = False         # removed while pinned: free memory on last release
     created: float = field(default_factory=time.time)  # wall clock (disk index: file mtime)
+    tenant: str = ""             # owner of the chunk, for quotas ("" = no tenant)
+    charged: int = 0             # bytes counted in the tenant's usage while indexed
 
     @property
     def tier(self) -> str:
@@ -97,6 +112,8 @@ class PutReservation:
     views: list[memoryview] = field(default_factory=list)
     staging: torch.Tensor | None = None
     done: bool = False
+    tenant: str = ""
+    reserved: int = 0            # bytes counted against the tenant's quota until commit/abort
 
     def commit(self) -> str:
         return self.manager._commit(self)
@@ -106,6 +123,7 @@ class PutReservation:
             self.done = True
             with self.manager._lock:
                 self.tier.free(self.alloc)
+                self.manager._unreserve(self)
 
 
 class TierManager:
@@ -130,6 +148,10 @@ class TierManager:
         # kvstore.codecs (torch kernels) is imported only by nodes with a codec policy
         self._codecs = config.tier_codec_policy() if config.tier_codecs else None
         self._index: dict[bytes, Entry] = {}
+        self._quotas = {t: spec["quota_bytes"] for t, spec in config.tenants.items()
+                        if spec.get("quota_bytes") is not None}
+        self._tenant_bytes: dict[str, int] = {}     # stored chunks, per tenant
+        self._tenant_reserved: dict[str, int] = {}  # puts in flight, per tenant
         self._children: dict[bytes, set[bytes]] = {}
         self._prefetching: set[bytes] = set()
         self._prefetch_pool = ThreadPoolExecutor(config.prefetch_workers,
@@ -140,13 +162,22 @@ class TierManager:
             self._load_disk_index()
 
     # ---- put -------------------------------------------------------------------------------
-    def reserve(self, info: ChunkInfo, namespace: str) -> PutReservation:
-        """Make room in the top memory tier for a chunk of ``info.payload_bytes``."""
+    def reserve(self, info: ChunkInfo, namespace: str, tenant: str = "") -> PutReservation:
+        """Make room in the top memory tier for a chunk of ``info.payload_bytes`` owned by
+        ``namespace`` and ``tenant``: PermissionDenied if another namespace holds the key,
+        QuotaExceeded if the tenant's quota has no room for it (nothing is evicted then)."""
         info.validate(self.config.max_chunk_bytes)
         top = self.mem_tiers[0]
         with self._lock:
-            alloc = self._make_room(0, info.payload_bytes)
-        res = PutReservation(self, info, namespace, top, alloc)
+            self._check_owner(info.key, namespace)
+            self._reserve_quota(tenant, info.payload_bytes, self._index.get(info.key))
+            try:
+                alloc = self._make_room(0, info.payload_bytes)
+            except BaseException:
+                self._tenant_reserved[tenant] -= info.payload_bytes
+                raise
+        res = PutReservation(self, info, namespace, top, alloc, tenant=tenant,
+                             reserved=info.payload_bytes)
         views = top.write_views(alloc)
         if views is None:  # device tier: receive into host staging, copy on commit
             res.staging = torch.empty(info.payload_bytes, dtype=torch.uint8)
@@ -163,9 +194,15 @@ class TierManager:
         if res.staging is not None:
             res.tier.write_from(res.alloc, res.staging)
         with self._lock:
+            try:  # a put of another namespace may have taken the key since reserve()
+                self._check_owner(res.info.key, res.namespace)
+            except PermissionDenied:
+                res.abort()
+                raise
             res.done = True
+            self._unreserve(res)
             self._remove(res.info.key)
-            entry = Entry(res.info, res.namespace, res.tier, res.alloc)
+            entry = Entry(res.info, res.namespace, res.tier, res.alloc, tenant=res.tenant)
             self._insert(entry)
             write_through = self.disk is not None and self.config.disk_admission == "write-through"
         # Not pinned while queued: a pin would make puts that outrun the writer fail as "full of
@@ -184,12 +221,52 @@ class TierManager:
             raise
         return res.commit()
 
+    def _check_owner(self, key: bytes, namespace: str) -> None:
+        held = self._index.get(key)
+        if held is not None and held.namespace != namespace:
+            # Keys are salted with the namespace, so only a caller that computed another
+            # namespace's key on purpose gets here; it must not replace that chunk.
+            raise PermissionDenied(f"chunk {key.hex()} belongs to another namespace; "
+                                   "not replaced")
+
+    def _reserve_quota(self, tenant: str, nbytes: int, replaced: Entry | None) -> None:
+        quota = self._quotas.get(tenant)
+        used = self._tenant_bytes.get(tenant, 0)
+        pending = self._tenant_reserved.get(tenant, 0)
+        # a put that replaces the tenant's own chunk frees that chunk's bytes
+        credit = replaced.charged if replaced is not None and replaced.tenant == tenant else 0
+        if quota is not None and used + pending - credit + nbytes > quota:
+            raise QuotaExceeded(
+                f"tenant {tenant!r} is over its quota on this node: quota {quota} bytes, used "
+                f"{used} bytes (+{pending} being put), this chunk needs {nbytes} bytes; delete "
+                f"chunks or raise tenants[{tenant!r}].quota_bytes")
+        self._tenant_reserved[tenant] = pending + nbytes
+
+    def _unreserve(self, res: PutReservation) -> None:
+        if res.reserved:
+            self._tenant_reserved[res.tenant] -= res.reserved
+            res.reserved = 0
+
+    def _charge(self, entry: Entry) -> None:
+        """Count the entry's current payload size in its tenant's usage (again after its info
+        changed: a re-encoding on demotion changes the stored size)."""
+        delta = entry.info.payload_bytes - entry.charged
+        entry.charged = entry.info.payload_bytes
+        self._tenant_bytes[entry.tenant] = self._tenant_bytes.get(entry.tenant, 0) + delta
+
+    def tenant_usage(self) -> dict[str, int]:
+        """tenant -> payload bytes of its chunks on this node (each chunk once, whatever its
+        tiers; "" = chunks put without a tenant). Tenants with nothing stored are left out."""
+        with self._lock:
+            return {t: n for t, n in self._tenant_bytes.items() if n}
+
     # ---- get -------------------------------------------------------------------------------
-    def get(self, key: bytes) -> Lease | None:
-        """A lease on the chunk's bytes, or None (miss, or dropped as corrupt)."""
+    def get(self, key: bytes, namespace: str | None = None) -> Lease | None:
+        """A lease on the chunk's bytes, or None (miss, another namespace's chunk, or dropped
+        as corrupt)."""
         with self._lock:
             entry = self._index.get(key)
-            if entry is None:
+            if entry is None or (namespace is not None and entry.namespace != namespace):
                 return None
             entry.hits += 1
             self.counters[entry.tier].hits += 1
@@ -268,17 +345,20 @@ class TierManager:
         self._policy[top.name].add(entry.info.key)
 
     # ---- lookup, prefetch, delete ----------------------------------------------------------
-    def lookup(self, keys: Sequence[bytes]) -> list[Entry | None]:
+    def lookup(self, keys: Sequence[bytes], namespace: str | None = None) -> list[Entry | None]:
         with self._lock:
-            return [self._index.get(k) for k in keys]
+            return [e if e is not None and (namespace is None or e.namespace == namespace)
+                    else None for e in map(self._index.get, keys)]
 
-    def prefetch(self, keys: Iterable[bytes], next_n: int = 0) -> int:
+    def prefetch(self, keys: Iterable[bytes], next_n: int = 0,
+                 namespace: str | None = None) -> int:
         """Queue background promotion of disk-only chunks (and up to next_n chain successors)."""
         wanted = list(keys)
         with self._lock:
             if next_n and wanted:
                 wanted += self._successors(wanted[-1], next_n)
             todo = [e for k in wanted if (e := self._index.get(k)) is not None
+                    and (namespace is None or e.namespace == namespace)
                     and e.mem is None and k not in self._prefetching]
             room = self.config.prefetch_queue - len(self._prefetching)
             self.prefetch_dropped += max(0, len(todo) - room)
@@ -308,14 +388,16 @@ class TierManager:
             with self._lock:
                 self._prefetching.discard(entry.info.key)
 
-    def delete(self, keys: Iterable[bytes]) -> int:
+    def delete(self, keys: Iterable[bytes], namespace: str | None = None) -> int:
         with self._lock:
-            return sum(self._remove(k) for k in keys)
+            return sum(self._remove(k) for k in keys if namespace is None
+                       or ((e := self._index.get(k)) is not None and e.namespace == namespace))
 
     # ---- internals (call with the lock held) -----------------------------------------------
     def _insert(self, entry: Entry) -> None:
         key = entry.info.key
         self._index[key] = entry
+        self._charge(entry)
         self._policy[entry.tier].add(key)
         if entry.disk_bytes and entry.mem is not None:
             self._policy["disk"].add(key)
@@ -326,6 +408,8 @@ class TierManager:
         entry = self._index.pop(key, None)
         if entry is None:
             return False
+        self._tenant_bytes[entry.tenant] -= entry.charged
+        entry.charged = 0
         for policy in self._policy.values():
             policy.remove(key)
         if entry.info.parent_key in self._children:
@@ -379,6 +463,7 @@ class TierManager:
                 if encoded:
                     _write_alloc(dst, alloc, encoded[1])
                     entry.info = encoded[0]
+                    self._charge(entry)
                     self.counters[dst.name].encoded_in += 1
                 else:
                     src.copy_between(entry.alloc, dst, alloc)
@@ -395,6 +480,7 @@ class TierManager:
                 self._write_disk(entry, [encoded[1].numpy().data])
                 if entry.disk_bytes:
                     self.counters["disk"].encoded_in += 1
+                    self._charge(entry)
                 else:  # not written: the memory copy is freed below and the entry removed
                     entry.info = raw_info
             else:
@@ -440,7 +526,7 @@ class TierManager:
 
     def _write_disk(self, entry: Entry, views: list[memoryview]) -> None:
         assert self.disk is not None
-        size = self.disk.file_bytes(entry.info, entry.namespace)
+        size = self.disk.file_bytes(entry.info, entry.namespace, entry.tenant)
         if size > self.disk.capacity_bytes:
             return
         for key in self._policy["disk"].victims():
@@ -457,7 +543,7 @@ class TierManager:
                 victim.disk_bytes = 0
                 self._policy["disk"].remove(key)
         try:
-            entry.disk_bytes = self.disk.write(entry.info, entry.namespace, views)
+            entry.disk_bytes = self.disk.write(entry.info, entry.namespace, views, entry.tenant)
         except CapacityError as exc:
             log.warning("disk tier: %s", exc)
             return
@@ -474,7 +560,7 @@ class TierManager:
         records = sorted(self.disk.scan(), key=lambda r: r.mtime)  # oldest first = LRU order
         for rec in records:
             self._insert(Entry(rec.info, rec.namespace, disk_bytes=rec.file_bytes,
-                               created=rec.mtime))
+                               created=rec.mtime, tenant=rec.tenant))
         if records:
             log.info("disk tier: rebuilt index of %d chunks (%d bytes)", len(records),
                      self.disk.used_bytes)
