@@ -27,10 +27,12 @@ from kvstore.keys import KeyScheme
 from .blend import blend_prefill
 from .config import EngineConfig
 from .errors import BlendUnsupported, ConfigError
+from .kvcache import reserved_cache
 from .llama_layers import PAIRING, LlamaLayers, blend_unsupported_reason, kv_geometry
 from .loader import ChunkFetch, FetchStats, LayerLoader
 from .plan import LoadPlan, plan_loads
 from .prefix import (
+    DECODE_HEADROOM_ROWS,
     cache_from_chunks,
     forward_rest,
     greedy_decode,
@@ -252,7 +254,8 @@ class CacheEngine:
             loaded.append((slot, tensor))
         t1 = time.perf_counter()
         timings.fetch_s = t1 - t0
-        cache, reused = cache_from_chunks(self.model, loaded, self.dtype, self.device)
+        capacity = ids.numel() + DECODE_HEADROOM_ROWS  # suffix + decoded rows append in place
+        cache, reused = cache_from_chunks(self.model, loaded, self.dtype, self.device, capacity)
         t2 = time.perf_counter()
         timings.prepare_s = t2 - t1  # host time: the copies it queues run on the GPU later
         logits, cache, reused = forward_rest(self.model, ids, cache, reused, self.device)
@@ -265,8 +268,6 @@ class CacheEngine:
         self, ids: torch.Tensor, plan: LoadPlan, cfg: EngineConfig, timings: Timings,
         hits: HitStats,
     ) -> tuple[torch.Tensor, Any, int, set[bytes]]:
-        from transformers import DynamicCache
-
         assert self.runner is not None  # mode checks above guarantee it
         loader = LayerLoader(
             store=self.store, pool=self._fetch_pool, prefix=plan.prefix, content=plan.content,
@@ -295,8 +296,9 @@ class CacheEngine:
         hits.exact_tokens = out.stats.exact_rows
         hits.content_tokens = out.stats.content_rows
         hits.recomputed_tokens = out.stats.recomputed_rows
-        cache = DynamicCache(ddp_cache_data=list(zip(out.keys, out.values, strict=True)),
-                             config=self.model.config)
+        # the loader's buffers as they are (a DynamicCache built from them would copy them all)
+        cache = reserved_cache(self.model.config, list(zip(out.keys, out.values, strict=True)),
+                               ids.numel())
         return out.logits, cache, out.stats.exact_until, loader.loaded_keys()
 
     # ---- write-back -------------------------------------------------------------------------

@@ -144,10 +144,10 @@ class LoaderTimings:
 class LayerLoader:
     """Produces each layer's full-length K/V buffers ``[1, Hkv, N, D]`` in the compute dtype.
 
-    The buffers become the request's cache: rows that were not loaded hold zeros until the
-    compute thread scatters fresh rows into them. Layers below ``check_layer`` get only the exact
-    (prefix) rows, later layers also the content rows. ``lookahead`` bounds the prepared but not
-    yet consumed layers (device memory).
+    The buffers are views of one [layers, 2, 1, Hkv, N, D] tensor and become the request's
+    cache: rows that were not loaded hold zeros until the compute thread scatters fresh rows into
+    them. Layers below ``check_layer`` get only the exact (prefix) rows, later layers also the
+    content rows. ``lookahead`` bounds how many layers re-rotation runs ahead of the compute.
     """
 
     def __init__(
@@ -172,6 +172,7 @@ class LayerLoader:
         self._prefix_loaded: list[tuple[LoadSlot, torch.Tensor]] | None = None
         self._content_loaded: list[tuple[LoadSlot, torch.Tensor]] | None = None
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor, object]] = {}
+        self._kv = torch.empty(0)  # [layers, 2, 1, Hkv, N, D] once the prefix fetch settled
         self._consumed = 0
         self._error: BaseException | None = None
         self._closed = False
@@ -228,21 +229,52 @@ class LayerLoader:
                 with self._cond:
                     self._prefix_loaded = prefix
                     self._cond.notify_all()
-                for layer in range(min(self.check_layer, self.n_layers)):
-                    if not self._produce(layer, prefix, None):
+                check = min(self.check_layer, self.n_layers)
+                t0 = time.perf_counter()
+                # Every layer's K/V lives in one buffer, filled with one copy per chunk for all
+                # its layers (not one per chunk and layer: thousands of launches at 16K tokens).
+                self._kv = torch.empty(
+                    (self.n_layers, 2, 1, self.kv_heads, self.n_rows, self.head_dim),
+                    dtype=self.dtype, device=self.device)
+                self._place(prefix, 0)
+                self._zero_gaps(prefix, 0, check)
+                self.timings.prepare_s += time.perf_counter() - t0
+                for layer in range(check):
+                    if not self._produce(layer, None):
                         return
                 content = self._collect(self._content_fetch, self.content)
                 with self._cond:
                     self._content_loaded = content
                     self._cond.notify_all()
+                t0 = time.perf_counter()
+                self._place(content, check)  # content rows only from the check layer on
+                self._zero_gaps(prefix + content, check, self.n_layers)
+                self.timings.prepare_s += time.perf_counter() - t0
                 delta = self._delta(content)
-                for layer in range(self.check_layer, self.n_layers):
-                    if not self._produce(layer, prefix + content, delta):
+                for layer in range(check, self.n_layers):
+                    if not self._produce(layer, delta):
                         return
         except BaseException as exc:  # handed to the compute thread, which re-raises it
             with self._cond:
                 self._error = exc
                 self._cond.notify_all()
+
+    def _place(self, loaded: list[tuple[LoadSlot, torch.Tensor]], first_layer: int) -> None:
+        """Copy each loaded chunk's rows, layers first_layer.., into the buffer."""
+        for slot, chunk in loaded:
+            a, b = slot.rows
+            self._kv[first_layer:, :, 0, :, a:b].copy_(
+                chunk[first_layer:, :, :, slot.use_from : slot.use_to], non_blocking=True)
+
+    def _zero_gaps(self, loaded: list[tuple[LoadSlot, torch.Tensor]], lo: int, hi: int) -> None:
+        """Zero rows no chunk covered in layers [lo, hi) (they are recomputed; zeros until then)."""
+        if lo >= hi:
+            return
+        pos = 0
+        for a, b in sorted(slot.rows for slot, _ in loaded) + [(self.n_rows, self.n_rows)]:
+            if a > pos:
+                self._kv[lo:hi, :, :, :, pos:a].zero_()
+            pos = max(pos, b)
 
     def _collect(
         self, fetch: ChunkFetch, slots: list[LoadSlot]
@@ -273,25 +305,13 @@ class LayerLoader:
             delta[a:b] = slot.delta
         return delta.to(self.device)
 
-    def _produce(
-        self, layer: int, loaded: list[tuple[LoadSlot, torch.Tensor]],
-        delta: torch.Tensor | None,
-    ) -> bool:
+    def _produce(self, layer: int, delta: torch.Tensor | None) -> bool:
         with self._cond:
             while not self._closed and layer - self._consumed >= self.lookahead:
                 self._cond.wait()
             if self._closed:
                 return False
-        t0 = time.perf_counter()
-        shape = (1, self.kv_heads, self.n_rows, self.head_dim)
-        keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        values = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        for slot, chunk in loaded:
-            a, b = slot.rows
-            keys[0, :, a:b].copy_(chunk[layer, 0, :, slot.use_from : slot.use_to],
-                                  non_blocking=True)
-            values[0, :, a:b].copy_(chunk[layer, 1, :, slot.use_from : slot.use_to],
-                                    non_blocking=True)
+        keys, values = self._kv[layer, 0], self._kv[layer, 1]  # [1, Hkv, N, D] views
         t1 = time.perf_counter()
         if delta is not None:
             from kvstore_kernels.rope import rerotate_keys
@@ -303,7 +323,6 @@ class LayerLoader:
         if self._stream is not None:
             event = torch.cuda.Event()
             event.record(self._stream)
-        self.timings.prepare_s += t1 - t0
         self.timings.rerotate_s += t2 - t1
         with self._cond:
             self._layers[layer] = (keys, values, event)

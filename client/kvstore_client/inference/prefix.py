@@ -13,17 +13,24 @@ from typing import Any
 
 import torch
 
+from .kvcache import reserved_cache
 from .loader import LoadSlot
+
+# Rows reserved after the prompt for decoded tokens before appends fall back to torch.cat.
+DECODE_HEADROOM_ROWS = 256
 
 
 def cache_from_chunks(
     model: Any, loaded: Sequence[tuple[LoadSlot, torch.Tensor]], dtype: torch.dtype,
-    device: torch.device,
+    device: torch.device, capacity_rows: int = 0,
 ) -> tuple[Any, int]:
     """A DynamicCache of the loaded prefix rows, and its length P (the slots form a run from 0).
 
-    Each chunk's layer slice is copied straight into the device buffer (asynchronously from
-    pinned memory), converting the storage dtype on the way: no host-side concatenation.
+    One buffer [layers, 2, 1, heads, max(P, capacity_rows), head_dim] receives each chunk with
+    a single copy covering all its layers (asynchronous from pinned memory, converting the
+    storage dtype on the way): one launch per chunk, not one per chunk and layer. The cache's
+    layers are views of it, and rows P..capacity_rows (the suffix, the first decoded tokens)
+    are appended in place (kvcache.py).
     """
     from transformers import DynamicCache
 
@@ -31,15 +38,13 @@ def cache_from_chunks(
         return DynamicCache(config=model.config), 0
     n_layers, _, kv_heads, _, head_dim = loaded[0][1].shape
     reused = loaded[-1][0].rows[1]
-    layers = []
-    for layer in range(n_layers):
-        kv = torch.empty((2, 1, kv_heads, reused, head_dim), dtype=dtype, device=device)
-        for slot, chunk in loaded:
-            a, b = slot.rows
-            kv[:, 0, :, a:b].copy_(chunk[layer, :, :, slot.use_from : slot.use_to],
-                                   non_blocking=True)
-        layers.append((kv[0], kv[1]))
-    return DynamicCache(ddp_cache_data=layers, config=model.config), reused
+    kv = torch.empty((n_layers, 2, 1, kv_heads, max(reused, capacity_rows), head_dim), dtype=dtype,
+                     device=device)
+    for slot, chunk in loaded:
+        a, b = slot.rows
+        kv[:, :, 0, :, a:b].copy_(chunk[:, :, :, slot.use_from : slot.use_to], non_blocking=True)
+    return reserved_cache(model.config, [(kv[i, 0], kv[i, 1]) for i in range(n_layers)],
+                          reused), reused
 
 
 @torch.no_grad()
@@ -48,7 +53,8 @@ def prefix_prefill(
     dtype: torch.dtype, device: torch.device,
 ) -> tuple[torch.Tensor, Any, int]:
     """(last-position logits [vocab] fp32, DynamicCache of all N rows, P rows reused)."""
-    cache, reused = cache_from_chunks(model, loaded, dtype, device)
+    capacity = len(token_ids) + DECODE_HEADROOM_ROWS
+    cache, reused = cache_from_chunks(model, loaded, dtype, device, capacity)
     return forward_rest(model, token_ids, cache, reused, device)
 
 
