@@ -44,6 +44,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="cuda")
     p.add_argument("--json-out", help="also write the JSON line here")
+    p.add_argument("--profile-kernels", action="store_true",
+                   help="also print each Triton kernel's own CUDA time (torch.profiler)")
     p.add_argument("--tune", action="store_true",
                    help="first sweep the kernels' launch shapes (tile size x warps), keep the "
                         "fastest per codec, then run the benchmark with them")
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             rows.append({"kernel": name, "check": "ERROR", "error": f"{type(e).__name__}: {e}",
                          "traceback": traceback.format_exc(limit=3)})
+    if args.profile_kernels and device.type == "cuda":
+        _profile_kernels(x, args.group_size)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     _print(rows, device_name, shape, args.dtype, nbytes)
     result = {"bench": "quant_gpu", "device": device_name, "shape": list(shape),
@@ -170,6 +174,24 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json_out, "w") as f:
             f.write(line + "\n")
     return 1 if failed else 0
+
+
+def _profile_kernels(x: torch.Tensor, group_size: int) -> None:
+    """CUDA time of each kernel inside the codecs' quantize/dequantize (keys vs values, ...)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, (quant, dequant, _, _) in _codecs(group_size).items():
+        payload = quant(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                quant(x)
+                dequant(payload, x.shape, x.dtype)
+            torch.cuda.synchronize()
+        print(f"-- {name}: CUDA time per call (10 calls)")
+        for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total):
+            if e.device_time_total > 0:
+                print(f"   {e.key[:60]:<60} {e.device_time_total / e.count:9.1f} us x{e.count}")
 
 
 TILES = (1024, 2048, 4096, 8192, 16384)

@@ -47,7 +47,7 @@ KIVI_BITS = (2, 4)
 GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
 # Launch shape: elements per program tile and warps per program. Measured on an H100 with
 # bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
-LAUNCH = {"keys_tile": 4096, "values_tile": 4096, "num_warps": 4}
+LAUNCH = {"keys_tile": 2048, "values_tile": 2048, "num_warps": 4}
 
 
 # ----------------------------------------------------------------------------- layout
