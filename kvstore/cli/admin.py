@@ -205,9 +205,9 @@ async def _inspect(nodes: Nodes, targets: list[Target], view: Any, args: argpars
         raise InvalidArgument("chunk keys are 16 bytes = 32 hex digits")
     ok, errors = _split(targets, await nodes.ask_all([t.address for t in targets], "Inspect",
                                                       pb.InspectRequest(keys=keys)))
-    out = [{"key": k.hex(), "asked": len(targets),
+    out: list[dict[str, Any]] = [{"key": k.hex(), "asked": len(targets),
             "copies": [fmt.chunk_dict(r.node_id, r.chunks[i]) for _, r in ok]}
-           for i, k in enumerate(keys)]
+                                 for i, k in enumerate(keys)]
     missing = [k["key"] for k in out if not any(c["found"] for c in k["copies"])]
     return {"keys": out, "not_found": missing, "errors": errors}, errors
 

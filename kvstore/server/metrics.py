@@ -62,7 +62,8 @@ _TENANT_METRICS = (
 )
 
 
-def _family(name: str, doc: str, labels: list[str], counter: bool) -> Metric:
+def _family(name: str, doc: str, labels: list[str], counter: bool
+            ) -> CounterMetricFamily | GaugeMetricFamily:
     return (CounterMetricFamily(name, doc, labels=labels) if counter
             else GaugeMetricFamily(name, doc, labels=labels))
 
@@ -79,10 +80,10 @@ def metric_families(s: pb.StatsResponse) -> Iterator[Metric]:
     up.add_metric([node], s.uptime_s)
     yield up
     for name, doc, field, counter in _TIER_METRICS:
-        fam = _family(name, doc, ["node", "tier"], counter)
+        per_tier = _family(name, doc, ["node", "tier"], counter)
         for t in s.tiers:
-            fam.add_metric([node, t.name], getattr(t, field))
-        yield fam
+            per_tier.add_metric([node, t.name], getattr(t, field))
+        yield per_tier
     ops = CounterMetricFamily("kvstore_operations", "Operations timed, per op",
                               labels=["node", "op"])
     lat = GaugeMetricFamily("kvstore_latency_seconds", "Latency quantiles over the last 4096 "
@@ -94,10 +95,10 @@ def metric_families(s: pb.StatsResponse) -> Iterator[Metric]:
     yield ops
     yield lat
     for name, doc, field, counter in _TENANT_METRICS:
-        fam = _family(name, doc, ["node", "tenant"], counter)
-        for t in s.tenants:
-            fam.add_metric([node, t.tenant], getattr(t, field))
-        yield fam
+        per_tenant = _family(name, doc, ["node", "tenant"], counter)
+        for tn in s.tenants:
+            per_tenant.add_metric([node, tn.tenant], getattr(tn, field))
+        yield per_tenant
 
 
 class StatsCollector(Collector):
