@@ -81,6 +81,29 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], f
     return cuda_time if device.type == "cuda" else cpu_time
 
 
+def graph_time(fn: Callable[[], object], reps: int, warmup: int) -> float:
+    """median seconds of one replay of fn captured in a CUDA graph: the kernels' own time,
+    without the Python launcher's host overhead (which eager timing of one call includes)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 2)):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def _kv(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=g, device=device, dtype=torch.float32)
@@ -138,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     tuned = _tune(x, args, time_fn) if args.tune else {}
     rows: list[dict[str, Any]] = [{"kernel": "copy", "time_us": copy_s * 1e6,
                                    "bytes_moved": 2 * nbytes, "GBps": copy_gbps,
-                                   "share_of_copy": 1.0, "check": "ok"}]
+                                   "share_of_copy": 1.0, "check": "ok",
+                                   "graph_time_us": copy_s * 1e6, "graph_share_of_copy": 1.0}]
     failed = False
     for name, (quant, dequant, ref_quant, ref_dequant) in _codecs(args.group_size).items():
         try:
@@ -149,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                       payload.numel() + nbytes))
             for op, fn, moved in cases:
                 s = time_fn(fn, args.reps, args.warmup)
+                gs = graph_time(fn, args.reps, args.warmup) if device.type == "cuda" else s
                 rows.append({"kernel": f"{name} {op}", "time_us": s * 1e6, "bytes_moved": moved,
                              "GBps": moved / s / 1e9, "share_of_copy": moved / s / 1e9 / copy_gbps,
+                             "graph_time_us": gs * 1e6,
+                             "graph_share_of_copy": moved / gs / 1e9 / copy_gbps,
                              "payload_bytes": payload.numel(), "check": "ok" if ok else "FAIL",
                              "check_detail": detail})
             failed |= not ok
@@ -167,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "rows": rows, "tuned": tuned,
               "launch": {"fp8": dict(fp8.LAUNCH), "kivi": dict(quant_kivi.LAUNCH)},
               "share_of_copy": {r["kernel"]: round(r["share_of_copy"], 3) for r in rows
-                                if "share_of_copy" in r}}
+                                if "share_of_copy" in r},
+              "graph_share_of_copy": {r["kernel"]: round(r["graph_share_of_copy"], 3)
+                                      for r in rows if "graph_share_of_copy" in r}}
     line = json.dumps(result, sort_keys=True)
     print(line)
     if args.json_out:
@@ -199,15 +228,22 @@ WARPS = (2, 4, 8)
 
 
 def _tune(x: torch.Tensor, args: argparse.Namespace, time_fn) -> dict[str, Any]:
-    """Sweep tile x warps for fp8 and KIVI (quantize + dequantize time summed over the codecs
-    that share the launch table); set the fastest in the modules' LAUNCH; return the sweep."""
+    """Sweep tile x warps (kernel time from CUDA-graph replays): fp8's one table, then KIVI's
+    key kernels and value kernels separately (int4 + int2, quantize + dequantize); keep the
+    fastest in the modules' LAUNCH; return the sweep."""
     shape, dtype, g = x.shape, x.dtype, args.group_size
     reps = max(10, args.reps // 2)
-    sweep: dict[str, Any] = {"fp8": [], "kivi": []}
+    sweep: dict[str, Any] = {"fp8": [], "kivi_keys": [], "kivi_values": []}
 
     def both(q, d) -> float:
         p = q()
-        return time_fn(q, reps, 2) + time_fn(lambda: d(p), reps, 2)
+        return graph_time(q, reps, 2) + graph_time(lambda: d(p), reps, 2)
+
+    def kivi() -> float:
+        return sum(both(lambda b=b: quant_kivi.kivi_quantize(x, b, g, backend="triton"),
+                        lambda p, b=b: quant_kivi.kivi_dequantize(p, shape, b, g, dtype,
+                                                                  backend="triton"))
+                   for b in (4, 2))
 
     for tile in TILES:
         for warps in WARPS:
@@ -215,19 +251,19 @@ def _tune(x: torch.Tensor, args: argparse.Namespace, time_fn) -> dict[str, Any]:
             t = both(lambda: fp8.fp8_quantize(x, backend="triton"),
                      lambda p: fp8.fp8_dequantize(p, shape, dtype, backend="triton"))
             sweep["fp8"].append({"tile": tile, "num_warps": warps, "time_us": t * 1e6})
-            quant_kivi.LAUNCH.update(keys_tile=tile, values_tile=tile, num_warps=warps)
-            t = sum(both(lambda b=b: quant_kivi.kivi_quantize(x, b, g, backend="triton"),
-                         lambda p, b=b: quant_kivi.kivi_dequantize(p, shape, b, g, dtype,
-                                                                   backend="triton"))
-                    for b in (4, 2))
-            sweep["kivi"].append({"tile": tile, "num_warps": warps, "time_us": t * 1e6})
-            print(f"tune tile={tile:>5} warps={warps}: fp8 {sweep['fp8'][-1]['time_us']:7.1f} us"
-                  f"  kivi int4+int2 {t * 1e6:7.1f} us", flush=True)
-    best_fp8 = min(sweep["fp8"], key=lambda r: r["time_us"])
-    best_kivi = min(sweep["kivi"], key=lambda r: r["time_us"])
-    fp8.LAUNCH.update(tile=best_fp8["tile"], num_warps=best_fp8["num_warps"])
-    quant_kivi.LAUNCH.update(keys_tile=best_kivi["tile"], values_tile=best_kivi["tile"],
-                             num_warps=best_kivi["num_warps"])
+    best = min(sweep["fp8"], key=lambda r: r["time_us"])
+    fp8.LAUNCH.update(tile=best["tile"], num_warps=best["num_warps"])
+    for part in ("keys", "values"):
+        for tile in TILES:
+            for warps in WARPS:
+                quant_kivi.LAUNCH.update({f"{part}_tile": tile, f"{part}_warps": warps})
+                sweep[f"kivi_{part}"].append({"tile": tile, "num_warps": warps,
+                                              "time_us": kivi() * 1e6})
+        best = min(sweep[f"kivi_{part}"], key=lambda r: r["time_us"])
+        quant_kivi.LAUNCH.update({f"{part}_tile": best["tile"], f"{part}_warps": best["num_warps"]})
+    for name, rows in sweep.items():
+        print(f"tune {name}: " + "  ".join(f"{r['tile']}/{r['num_warps']}w {r['time_us']:.0f}us"
+                                            for r in rows), flush=True)
     print(f"tuned: fp8 {fp8.LAUNCH}, kivi {quant_kivi.LAUNCH}")
     return {"sweep": sweep, "fp8": dict(fp8.LAUNCH), "kivi": dict(quant_kivi.LAUNCH)}
 
@@ -235,7 +271,8 @@ def _tune(x: torch.Tensor, args: argparse.Namespace, time_fn) -> dict[str, Any]:
 def _print(rows: list[dict[str, Any]], device: str, shape: tuple[int, ...], dtype: str,
            nbytes: int) -> None:
     print(f"bench_quant_gpu on {device}: chunk {list(shape)} {dtype} = {nbytes / MIB:.1f} MiB")
-    head = f"{'kernel':<22} {'time_us':>9} {'MiB_moved':>10} {'GB/s':>8} {'share':>6} check"
+    head = (f"{'kernel':<22} {'time_us':>9} {'MiB_moved':>10} {'GB/s':>8} {'share':>6} "
+            f"{'graph_us':>9} {'g.share':>7} check")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -243,7 +280,8 @@ def _print(rows: list[dict[str, Any]], device: str, shape: tuple[int, ...], dtyp
             print(f"{r['kernel']:<22} {'-':>9} {'-':>10} {'-':>8} {'-':>6} ERROR {r['error']}")
             continue
         print(f"{r['kernel']:<22} {r['time_us']:>9.1f} {r['bytes_moved'] / MIB:>10.1f} "
-              f"{r['GBps']:>8.1f} {r['share_of_copy']:>6.2f} {r['check']}")
+              f"{r['GBps']:>8.1f} {r['share_of_copy']:>6.2f} {r['graph_time_us']:>9.1f} "
+              f"{r['graph_share_of_copy']:>7.2f} {r['check']}")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ KIVI_BITS = (2, 4)
 GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
 # Launch shape: elements per program tile and warps per program. Measured on an H100 with
 # bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
-LAUNCH = {"keys_tile": 2048, "values_tile": 2048, "num_warps": 4}
+LAUNCH = {"keys_tile": 2048, "keys_warps": 4, "values_tile": 2048, "values_warps": 4}
 
 
 # ----------------------------------------------------------------------------- layout
@@ -172,14 +172,17 @@ def _kivi_quant_keys_kernel(
     d = dv[None, :]
     d_ok = dv < D
     base = x_ptr + (n // H) * stride_l + (n % H) * stride_h
-    mn = tl.full([BLOCK_D], float("inf"), tl.float32)
-    mx = tl.full([BLOCK_D], float("-inf"), tl.float32)
+    # Elementwise min/max over the PPB row slices first, then one cross-row reduction each.
+    mn_rows = tl.full([G // PPB, BLOCK_D], float("inf"), tl.float32)
+    mx_rows = tl.full([G // PPB, BLOCK_D], float("-inf"), tl.float32)
     for j in tl.static_range(PPB):
         t = g * G + r * PPB + j
         mask = (t < T) & (d < D)
         x = tl.load(base + t * stride_t + d, mask=mask, other=0.0).to(tl.float32)
-        mn = tl.minimum(mn, tl.min(tl.where(mask, x, float("inf")), axis=0))
-        mx = tl.maximum(mx, tl.max(tl.where(mask, x, float("-inf")), axis=0))
+        mn_rows = tl.minimum(mn_rows, tl.where(mask, x, float("inf")))
+        mx_rows = tl.maximum(mx_rows, tl.where(mask, x, float("-inf")))
+    mn = tl.min(mn_rows, axis=0)
+    mx = tl.max(mx_rows, axis=0)
     m, s, inv = _group_params(tl.where(d_ok, mn, 0.0), tl.where(d_ok, mx, 0.0), LEVELS)
     packed = tl.zeros([G // PPB, BLOCK_D], tl.int32)
     for j in tl.static_range(PPB):
@@ -324,16 +327,16 @@ def kivi_quantize(x: torch.Tensor, bits: int, group_size: int = 32,
     v = lay.views(payload)
     k_in, v_in = _kv_views(x)
     G = group_size
-    block_d, block_t, warps = _blocks(lay)
+    block_d, block_t = _blocks(lay)
     _kivi_quant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
         k_in, v["k_scale"], v["k_min"], v["k_codes"],
         lay.H, lay.T, lay.D, lay.ng, *k_in.stride()[:3],
-        BITS=bits, G=G, BLOCK_D=block_d, num_warps=warps,
+        BITS=bits, G=G, BLOCK_D=block_d, num_warps=LAUNCH["keys_warps"],
     )
     _kivi_quant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
         v_in, v["v_scale"], v["v_min"], v["v_codes"],
         lay.H, lay.T, lay.D, lay.ngd, *v_in.stride()[:3],
-        BITS=bits, G=G, BLOCK_T=block_t, num_warps=warps,
+        BITS=bits, G=G, BLOCK_T=block_t, num_warps=LAUNCH["values_warps"],
     )
     return payload
 
@@ -352,16 +355,17 @@ def kivi_dequantize(
     soft_bf16 = dtype == torch.bfloat16 and payload.device.type != "cuda"
     k_out, v_out = _kv_views(out.view(torch.int16) if soft_bf16 else out)
     G = group_size
-    block_d, block_t, warps = _blocks(lay)
+    block_d, block_t = _blocks(lay)
     _kivi_dequant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
         v["k_scale"], v["k_min"], v["k_codes"], k_out,
         lay.H, lay.T, lay.D, lay.ng, *k_out.stride()[:3],
-        BITS=bits, G=G, BLOCK_D=block_d, SOFT_BF16=soft_bf16, num_warps=warps,
+        BITS=bits, G=G, BLOCK_D=block_d, SOFT_BF16=soft_bf16, num_warps=LAUNCH["keys_warps"],
     )
     _kivi_dequant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
         v["v_scale"], v["v_min"], v["v_codes"], v_out,
         lay.H, lay.T, lay.D, lay.ngd, *v_out.stride()[:3],
-        BITS=bits, G=G, BLOCK_T=block_t, SOFT_BF16=soft_bf16, num_warps=warps,
+        BITS=bits, G=G, BLOCK_T=block_t, SOFT_BF16=soft_bf16,
+        num_warps=LAUNCH["values_warps"],
     )
     return out
 
@@ -371,12 +375,12 @@ def _kv_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, 0], x[:, 1]
 
 
-def _blocks(lay: KiviLayout) -> tuple[int, int, int]:
-    """(BLOCK_D of the key kernels, BLOCK_T of the value kernels, num_warps) from LAUNCH."""
+def _blocks(lay: KiviLayout) -> tuple[int, int]:
+    """(BLOCK_D of the key kernels, BLOCK_T of the value kernels) from LAUNCH."""
     G = lay.group_size
     block_d = min(triton.next_power_of_2(lay.D), max(16, LAUNCH["keys_tile"] // G))
     block_t = max(1, min(triton.next_power_of_2(lay.T), LAUNCH["values_tile"] // G))
-    return block_d, block_t, LAUNCH["num_warps"]
+    return block_d, block_t
 
 
 # ----------------------------------------------------------------------------- torch reference
