@@ -68,6 +68,7 @@ class Summary:
     wrong: int
     stable_reads: int
     stable_ok: int
+    max_call_s: float             # the slowest call: a client must never hang past its deadline
 
     @property
     def availability(self) -> float:
@@ -94,6 +95,7 @@ class LoadGen:
         self.records: list[Record] = []
         self.calls: list[tuple[float, str]] = []   # (start, op) of every call
         self.wrong_keys: list[bytes] = []
+        self.unexpected: list[str] = []     # exceptions outside the kvstore hierarchy
         self._rng = random.Random(seed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
@@ -169,12 +171,16 @@ class LoadGen:
         rng = random.Random(self.seed * 1000 + w)
         while not self._stop.is_set():
             r = rng.random()
-            if r < put_p or not self.written:
-                await self._put(rng)
-            elif r < put_p + get_p:
-                await self._get(rng)
-            else:
-                await self._lookup(rng)
+            try:
+                if r < put_p or not self.written:
+                    await self._put(rng)
+                elif r < put_p + get_p:
+                    await self._get(rng)
+                else:
+                    await self._lookup(rng)
+            except Exception as exc:  # not a kvstore error: a client bug; keep the load going
+                log.exception("unexpected error from the cluster client")
+                self.unexpected.append(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.pace_s)  # leave the 2 cores to the nodes too
 
     async def _put(self, rng: random.Random) -> None:
@@ -244,9 +250,11 @@ class LoadGen:
         """Figures of the calls that started in [t0, t1)."""
         counts: Counter[str] = Counter()
         stable_reads = stable_ok = 0
+        max_call_s = 0.0
         for r in list(self.records):
             if not t0 <= r.start < t1:
                 continue
+            max_call_s = max(max_call_s, r.seconds)
             counts[f"{r.op}.{r.outcome}"] += 1
             counts[f"{r.op}.{r.pool}.{r.outcome}"] += 1
             if r.op == "get" and r.pool == STABLE:
@@ -254,7 +262,7 @@ class LoadGen:
                 stable_ok += r.outcome == "ok"
         ops = sum(1 for s, _ in list(self.calls) if t0 <= s < t1)
         wrong = sum(v for k, v in counts.items() if k.count(".") == 1 and k.endswith(".wrong"))
-        return Summary(ops, dict(counts), wrong, stable_reads, stable_ok)
+        return Summary(ops, dict(counts), wrong, stable_reads, stable_ok, max_call_s)
 
     def read_failure_rate(self, t0: float, t1: float) -> float:
         """Misses and errors among all keys read in [t0, t1) (the "miss rate" of recovery)."""

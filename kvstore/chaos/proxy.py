@@ -42,8 +42,8 @@ class ProxyCounters:
     resets: int = 0             # connections reset by reset_p
     upstream_refused: int = 0   # upstream did not accept (node down): client connection reset
     held: int = 0               # connections accepted while blackholed
-    bytes_up: int = 0           # client -> upstream
-    bytes_down: int = 0         # upstream -> client
+    bytes_up: int = 0           # delivered client -> upstream
+    bytes_down: int = 0         # delivered upstream -> client
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -135,7 +135,7 @@ class LinkProxy:
         # Unbounded: what it holds is at most throughput x latency (small in tests), and a
         # bounded queue could block the reset path behind a delivery stuck on a dead socket.
         queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-        deliver = asyncio.get_running_loop().create_task(self._deliver(queue, dst))
+        deliver = asyncio.get_running_loop().create_task(self._deliver(queue, dst, counter))
         try:
             while True:
                 await self._open.wait()
@@ -152,7 +152,6 @@ class LinkProxy:
                     break
                 due = asyncio.get_running_loop().time() + self.latency_s
                 queue.put_nowait((due, data))
-                setattr(self.counters, counter, getattr(self.counters, counter) + len(data))
             queue.put_nowait(None)
             if not dst.dead:
                 await deliver
@@ -160,15 +159,20 @@ class LinkProxy:
             deliver.cancel()
             dst.half_close()
 
-    async def _deliver(self, queue: asyncio.Queue[tuple[float, bytes] | None], dst: _Conn
-                       ) -> None:
+    async def _deliver(self, queue: asyncio.Queue[tuple[float, bytes] | None], dst: _Conn,
+                       counter: str) -> None:
         loop = asyncio.get_running_loop()
         while (item := await queue.get()) is not None:
             due, data = item
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
             await self._open.wait()
-            if not await dst.write(data):
+            # counted when handed to the socket, with no await since the check above: a segment
+            # read just before a cut waits for the heal and is counted then
+            if not dst.send(data):
+                return
+            setattr(self.counters, counter, getattr(self.counters, counter) + len(data))
+            if not await dst.drain():
                 return
 
     async def _close(self) -> None:
@@ -185,11 +189,18 @@ class _Conn:
         self.writer = writer
         self.dead = False
 
-    async def write(self, data: bytes) -> bool:
+    def send(self, data: bytes) -> bool:
         if self.dead:
             return False
         try:
             self.writer.write(data)
+            return True
+        except (OSError, RuntimeError):
+            self.dead = True
+            return False
+
+    async def drain(self) -> bool:
+        try:
             await self.writer.drain()
             return True
         except (OSError, RuntimeError):

@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from chaos_helpers import TMPFS_BYTES, TMPFS_NODE
 
 from kvstore.chaos.cluster import ChaosCluster, wait_for
 from kvstore.chaos.faults import FaultInjector, FaultLog
 from kvstore.chaos.loadgen import LoadGen
 from kvstore.chaos.probe import Probe
-from kvstore.chaos.scenario import FaultFigures, format_table
+from kvstore.chaos.scenario import format_table
 
-TMPFS_NODE = 2                 # its data dir is a tmpfs of its own (the disk-full fault)
-TMPFS_BYTES = 64 << 20
 _RESULTS = pytest.StashKey[list[dict[str, Any]]]()
 _BASETEMP = pytest.StashKey[str]()
 
@@ -92,10 +91,6 @@ def faults(request: pytest.FixtureRequest, chaos_results: list[dict[str, Any]]
             inj.heal()
     injected = [e for e in f.log.events if e.action == "inject"]
     assert injected, f"{request.node.name} ended without injecting a fault"
-
-
-def record(results: list[dict[str, Any]], figures: FaultFigures, log: FaultLog) -> None:
-    results.append({**figures.as_dict(), "events": log.as_json()})
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,

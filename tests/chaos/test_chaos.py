@@ -19,7 +19,7 @@ import os
 import time
 
 import pytest
-from conftest import TMPFS_NODE, record
+from chaos_helpers import TMPFS_NODE, record
 
 from kvstore.chaos.cluster import HEARTBEAT_TTL_S, wait_for
 from kvstore.chaos.faults import (
@@ -42,11 +42,14 @@ BOUND_S = 15.0            # recovery bound after the heal (ring + read failure r
 KILL_BOUND_S = 25.0       # ... when the heal is a process start (imports torch on 2 cores)
 MIN_AVAILABILITY = 0.99
 MIN_STABLE_READS = 100    # below this the availability figure says little
+CALL_SLACK_S = 1.0        # a call may end this long after its deadline (2 busy cores)
 REAP_S = 4 * HEARTBEAT_TTL_S + 2.0  # a silent member leaves the registry within this
 
 
-def check_common(figs: FaultFigures, cluster) -> None:
+def check_common(figs: FaultFigures, cluster, load) -> None:
     assert figs.wrong == 0, f"{figs.wrong} wrong answers"
+    assert load.unexpected == [], load.unexpected[:3]
+    assert figs.max_call_s <= load.deadline_s + CALL_SLACK_S, figs  # no call hung
     assert cluster.dead_nodes() == [], f"node(s) {cluster.dead_nodes()} died"
     assert figs.stable_reads >= MIN_STABLE_READS, figs
     assert figs.availability >= MIN_AVAILABILITY, figs
@@ -93,7 +96,7 @@ def test_kill9_node_then_warm_restart_from_disk(cluster, load, probe, faults, ch
     figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=KILL_BOUND_S, during=during,
                      after_heal=after_heal)
     record(chaos_results, figs, faults.log)
-    check_common(figs, cluster)
+    check_common(figs, cluster, load)
     inject, heal = faults.log.events
     assert inject.details["exit_status"] == -9 and not pid_exists(old_pid)
     assert heal.details["pid"] == node.pid != old_pid
@@ -120,7 +123,7 @@ def test_sigstop_node_then_resume(cluster, load, probe, faults, chaos_results):
 
     figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, during=during)
     record(chaos_results, figs, faults.log)
-    check_common(figs, cluster)
+    check_common(figs, cluster, load)
     inject, heal = faults.log.events
     assert inject.details["proc_state"] == "T" and heal.details["proc_state"] in "RSD"
     # the same process came back (not a restart): same pid, same incarnation, uptime went on
@@ -145,7 +148,7 @@ def test_latency_and_loss_on_a_node_link(cluster, load, probe, faults, chaos_res
     # longer: calls that wait on the slow link are few per second
     figs = run_fault(cluster, load, fault, hold_s=HOLD_S + 3, bound_s=BOUND_S, during=during)
     record(chaos_results, figs, faults.log)
-    check_common(figs, cluster)
+    check_common(figs, cluster, load)
     heal = faults.log.events[-1]
     x = figs.extra
     # latency really added on the way (both directions), not inside the node
@@ -184,7 +187,7 @@ def test_partition_a_node(cluster, load, probe, faults, chaos_results):
     figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, during=during,
                      before_heal=before_heal)
     record(chaos_results, figs, faults.log)
-    check_common(figs, cluster)
+    check_common(figs, cluster, load)
     heal = faults.log.events[-1]
     x = figs.extra
     assert x["proxied_call_failed_after_s"] >= 0.9  # a black hole times out, it does not refuse
@@ -211,7 +214,7 @@ def test_redis_stop_and_restart(cluster, load, probe, faults, chaos_results):
     figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, notice_s=0.0,
                      during=during, before_heal=before_heal)
     record(chaos_results, figs, faults.log)
-    check_common(figs, cluster)
+    check_common(figs, cluster, load)
     inject, heal = faults.log.events
     after = cluster.registry()
     assert inject.details["exit_status"] == 0 and heal.details["pid"] == after["redis_pid"]
@@ -251,13 +254,13 @@ def test_disk_full_on_a_node(cluster, load, probe, faults, chaos_results):
     figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, during=during,
                      before_heal=before_heal, after_heal=after_heal)
     record(chaos_results, figs, faults.log)
-    check_common(figs, cluster)
+    check_common(figs, cluster, load)
     inject = faults.log.events[0]
     x = figs.extra
     assert inject.details["errno"] == "ENOSPC" and inject.details["free_bytes"] == 0
-    # the node kept taking puts; none of them reached its full disk, and it said why
-    assert x["puts_while_full"] > 0 and x["disk_chunks_gained_while_full"] <= 0, x
-    assert x["enospc_logged"] >= 1, x
+    # the node kept taking puts and said why their disk copies failed. (Some still landed:
+    # overwrites delete old files, and new ones fill the pages freed; hence no count check.)
+    assert x["puts_while_full"] > 0 and x["enospc_logged"] >= 1, x
 
 
 def test_corrupt_chunk_files_on_disk(cluster, load, probe, faults, chaos_results):
@@ -291,7 +294,7 @@ def test_corrupt_chunk_files_on_disk(cluster, load, probe, faults, chaos_results
 
     figs = run_fault(cluster, load, fault, hold_s=4.0, bound_s=BOUND_S, during=during)
     record(chaos_results, figs, faults.log)
-    check_common(figs, cluster)
+    check_common(figs, cluster, load)
     inject, heal = faults.log.events
     x = figs.extra
     # the node served none of the corrupted chunks, counted each one, and removed its file
