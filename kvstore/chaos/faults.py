@@ -182,9 +182,10 @@ class Partition(FaultInjector):
         self._before: dict[str, int] = {}
 
     def _inject(self) -> dict[str, Any]:
-        self._before = {p.name: p.counters.bytes_up + p.counters.bytes_down for p in self.proxies}
         for p in self.proxies:
             p.set_blackhole(True)
+        # after the cut: set_blackhole returns once the proxy's loop stopped forwarding
+        self._before = {p.name: p.counters.bytes_up + p.counters.bytes_down for p in self.proxies}
         return {"proxies": [p.name for p in self.proxies]}
 
     def _heal(self) -> dict[str, Any]:
