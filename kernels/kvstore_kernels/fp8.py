@@ -31,7 +31,7 @@ FP8_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TINY_AMAX = 2.0**-110
 # Launch shape: elements per program tile and warps per program. Measured on an H100 with
 # bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
-LAUNCH = {"tile": 2048, "num_warps": 8}
+LAUNCH = {"tile": 4096, "num_warps": 4}
 
 
 @triton.jit

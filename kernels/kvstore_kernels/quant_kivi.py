@@ -33,6 +33,7 @@ runs write bf16 through _softcvt (the interpreter's bf16 cast truncates).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -47,13 +48,13 @@ KIVI_BITS = (2, 4)
 GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
 # Launch shape: elements per program tile and warps per program. Measured on an H100 with
 # bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
-LAUNCH = {"keys_tile": 2048, "keys_warps": 4, "values_tile": 2048, "values_warps": 4}
+LAUNCH = {"keys_tile": 1024, "keys_warps": 2, "values_tile": 2048, "values_warps": 2}
 
 
 # ----------------------------------------------------------------------------- layout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=True)
 class KiviLayout:
     """Sizes and byte offsets of a KIVI payload; the single definition both backends and
     kvstore.codecs use."""
@@ -105,6 +106,27 @@ class KiviLayout:
         return sum(math.prod(s) * (1 if n.endswith("codes") else 2)
                    for n, s in self.section_shapes().items())
 
+    @functools.cached_property
+    def spans(self) -> dict[str, tuple[int, int]]:
+        """Section name -> (start, end) in elements of its dtype: fp16 sections index the
+        payload viewed as fp16 (they come first and are 2-byte aligned), codes index bytes."""
+        out, off = {}, 0
+        for name, shape in self.section_shapes().items():
+            itemsize = 1 if name.endswith("codes") else 2
+            n = math.prod(shape)
+            out[name] = (off // itemsize, off // itemsize + n)
+            off += n * itemsize
+        return out
+
+    def flat_views(self, payload: torch.Tensor) -> list[torch.Tensor]:
+        """Flat views of the sections in order (k_scale, k_min, v_scale, v_min, k_codes,
+        v_codes): the kernels only need their addresses. A few slices, not 18 tensor ops: the
+        launcher's host time matters next to ~20 us kernels."""
+        sp = self.spans
+        f16 = payload[: sp["v_min"][1] * 2].view(torch.float16)
+        return [f16[a:b] for a, b in (sp["k_scale"], sp["k_min"], sp["v_scale"], sp["v_min"])] + [
+            payload[a:b] for a, b in (sp["k_codes"], sp["v_codes"])]
+
     def views(self, payload: torch.Tensor) -> dict[str, torch.Tensor]:
         """Typed, shaped views of the six sections of `payload` (no copies)."""
         out, off = {}, 0
@@ -120,15 +142,21 @@ class KiviLayout:
 def kivi_layout(shape: tuple[int, ...] | list[int] | torch.Size, bits: int,
                 group_size: int) -> KiviLayout:
     """The layout for a chunk of `shape` [L, 2, H, T, D]; raises KernelInputError if invalid."""
+    return _layout(tuple(int(s) for s in shape), bits, group_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(shape: tuple[int, ...], bits: int, group_size: int) -> KiviLayout:
+    # cached: a chunk store sees few distinct shapes, and the launcher's host time counts
     if bits not in KIVI_BITS:
         raise KernelInputError(f"KIVI bits must be one of {KIVI_BITS}, got {bits}")
     if group_size not in GROUP_SIZES:
         raise KernelInputError(f"KIVI group size must be one of {GROUP_SIZES}, got {group_size}")
-    if len(shape) != 5 or int(shape[1]) != 2:
-        raise KernelInputError(f"KIVI needs an LKHTD chunk [L, 2, H, T, D], got {tuple(shape)}")
-    L, _, H, T, D = (int(s) for s in shape)
+    if len(shape) != 5 or shape[1] != 2:
+        raise KernelInputError(f"KIVI needs an LKHTD chunk [L, 2, H, T, D], got {shape}")
+    L, _, H, T, D = shape
     if min(L, H, T, D) <= 0:
-        raise KernelInputError(f"KIVI needs a non-empty chunk, got shape {tuple(shape)}")
+        raise KernelInputError(f"KIVI needs a non-empty chunk, got shape {shape}")
     return KiviLayout(L, H, T, D, bits, group_size)
 
 
@@ -324,17 +352,17 @@ def kivi_quantize(x: torch.Tensor, bits: int, group_size: int = 32,
     if select_backend(backend, x.device, _kivi_quant_keys_kernel) == "torch":
         return kivi_quantize_ref(x, bits, group_size)
     payload = torch.empty(lay.nbytes, dtype=torch.uint8, device=x.device)
-    v = lay.views(payload)
+    k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     k_in, v_in = _kv_views(x)
     G = group_size
     block_d, block_t = _blocks(lay)
     _kivi_quant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
-        k_in, v["k_scale"], v["k_min"], v["k_codes"],
+        k_in, k_scale, k_min, k_codes,
         lay.H, lay.T, lay.D, lay.ng, *k_in.stride()[:3],
         BITS=bits, G=G, BLOCK_D=block_d, num_warps=LAUNCH["keys_warps"],
     )
     _kivi_quant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
-        v_in, v["v_scale"], v["v_min"], v["v_codes"],
+        v_in, v_scale, v_min, v_codes,
         lay.H, lay.T, lay.D, lay.ngd, *v_in.stride()[:3],
         BITS=bits, G=G, BLOCK_T=block_t, num_warps=LAUNCH["values_warps"],
     )
@@ -350,19 +378,19 @@ def kivi_dequantize(
     lay = _check_payload(payload, shape, bits, group_size, dtype)
     if select_backend(backend, payload.device, _kivi_dequant_keys_kernel) == "torch":
         return kivi_dequantize_ref(payload, shape, bits, group_size, dtype)
-    v = lay.views(payload)
+    k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     out = torch.empty(tuple(shape), dtype=dtype, device=payload.device)
     soft_bf16 = dtype == torch.bfloat16 and payload.device.type != "cuda"
     k_out, v_out = _kv_views(out.view(torch.int16) if soft_bf16 else out)
     G = group_size
     block_d, block_t = _blocks(lay)
     _kivi_dequant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
-        v["k_scale"], v["k_min"], v["k_codes"], k_out,
+        k_scale, k_min, k_codes, k_out,
         lay.H, lay.T, lay.D, lay.ng, *k_out.stride()[:3],
         BITS=bits, G=G, BLOCK_D=block_d, SOFT_BF16=soft_bf16, num_warps=LAUNCH["keys_warps"],
     )
     _kivi_dequant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
-        v["v_scale"], v["v_min"], v["v_codes"], v_out,
+        v_scale, v_min, v_codes, v_out,
         lay.H, lay.T, lay.D, lay.ngd, *v_out.stride()[:3],
         BITS=bits, G=G, BLOCK_T=block_t, SOFT_BF16=soft_bf16,
         num_warps=LAUNCH["values_warps"],
