@@ -26,6 +26,12 @@ from kvstore.chaos.cluster import ChaosCluster, ChaosNode, wait_for
 from kvstore.chaos.proxy import LinkProxy
 
 
+def chunk_path(data_dir: str, key: bytes) -> Path:
+    """Where the disk tier keeps a chunk (kvstore/tiers/disk.py: chunks/<2 hex>/<hex>.kvc)."""
+    h = key.hex()
+    return Path(data_dir, "chunks", h[:2], f"{h}.kvc")
+
+
 class FaultError(RuntimeError):
     """A fault could not be injected or healed as asked."""
 
@@ -268,8 +274,7 @@ class ChunkCorruption(FaultInjector):
         self.node, self.keys = node, keys
 
     def path(self, key: bytes) -> Path:
-        h = key.hex()  # kvstore/tiers/disk.py: <data_dir>/chunks/<2 hex>/<hex>.kvc
-        return Path(self.node.data_dir, "chunks", h[:2], f"{h}.kvc")
+        return chunk_path(self.node.data_dir, key)
 
     def _inject(self) -> dict[str, Any]:
         flipped = {}

@@ -30,6 +30,7 @@ from kvstore.chaos.faults import (
     ProcessKill,
     ProcessPause,
     RedisOutage,
+    chunk_path,
 )
 from kvstore.chaos.loadgen import COLD, chunk_key, payload
 from kvstore.chaos.scenario import FaultFigures, run_fault
@@ -74,7 +75,7 @@ def test_kill9_node_then_warm_restart_from_disk(cluster, load, probe, faults, ch
     assert held, "node 0 holds none of the stable keys"
     fault = faults.add(ProcessKill(faults.log, cluster, node))
     old_pid, old_inc = node.pid, incarnation(cluster, node)
-    files = [ChunkCorruption(faults.log, node, []).path(k) for k in held]
+    files = [chunk_path(node.data_dir, k) for k in held]
     wait_for(lambda: all(p.exists() for p in files), 10, "write-through of node 0's keys")
 
     def during():
