@@ -11,8 +11,13 @@ from kvstore.v1 import kvstore_pb2 as pb
 
 _TIER_FIELDS = ("capacity_bytes", "used_bytes", "chunks", "hits", "evictions", "demotions_in",
                 "promotions_out", "corrupt_dropped")
-_TENANT_FIELDS = ("hits", "misses", "bytes_in", "bytes_out", "used_bytes", "chunks")
-_NODE_FIELDS = ("hits", "misses", "bytes_in", "bytes_out", "puts", "rejected", "prefetches")
+# hits/misses count Gets; lookup_* count the keys of Lookup calls. Clients look up first and get
+# only what was found, so the get hit rate reads near 100% and the lookup hit rate is the cache's.
+_LOOKUP_FIELDS = ("lookup_keys", "lookup_hits", "lookup_misses")
+_TENANT_FIELDS = ("hits", "misses", *_LOOKUP_FIELDS, "bytes_in", "bytes_out", "used_bytes",
+                  "chunks")
+_NODE_FIELDS = ("hits", "misses", *_LOOKUP_FIELDS, "bytes_in", "bytes_out", "puts", "rejected",
+                "prefetches")
 
 
 def hit_rate(hits: int, misses: int) -> float | None:
@@ -26,6 +31,7 @@ def node_dict(address: str, s: pb.StatsResponse) -> dict[str, Any]:
                          "uptime_s": round(s.uptime_s, 3)}
     d.update({f: getattr(s, f) for f in _NODE_FIELDS})
     d["hit_rate"] = hit_rate(s.hits, s.misses)
+    d["lookup_hit_rate"] = hit_rate(s.lookup_hits, s.lookup_misses)
     d["chunks"] = sum(n.chunks for n in s.namespaces)  # each chunk once, memory and disk copies
     d["capacity_bytes"] = sum(t.capacity_bytes for t in s.tiers)
     d["used_bytes"] = sum(t.used_bytes for t in s.tiers)
@@ -59,10 +65,12 @@ def stats_doc(nodes: list[dict[str, Any]], errors: list[dict[str, str]]) -> dict
               "demotions_in", "promotions_out", "corrupt_dropped"):
         cluster[f] = sum(n[f] for n in nodes)
     cluster["hit_rate"] = hit_rate(cluster["hits"], cluster["misses"])
+    cluster["lookup_hit_rate"] = hit_rate(cluster["lookup_hits"], cluster["lookup_misses"])
     tiers = _add_up((t for n in nodes for t in n["tiers"]), "tier", _TIER_FIELDS)
     tenants = _add_up((t for n in nodes for t in n["tenants"]), "tenant", _TENANT_FIELDS)
     for t in tenants:
         t["hit_rate"] = hit_rate(t["hits"], t["misses"])
+        t["lookup_hit_rate"] = hit_rate(t["lookup_hits"], t["lookup_misses"])
     return {"cluster": cluster, "tiers": tiers, "tenants": tenants, "nodes": nodes,
             "errors": errors}
 
@@ -100,16 +108,20 @@ def _lat(n: dict[str, Any], op: str) -> str:
 def render_stats(doc: dict[str, Any]) -> str:
     c = doc["cluster"]
     out = [f"cluster: {c['reachable']}/{c['nodes']} nodes reachable, {c['chunks']} chunks, "
-           f"{size(c['used_bytes'])} used of {size(c['capacity_bytes'])}; {c['hits']} hits, "
-           f"{c['misses']} misses (hit rate {pct(c['hit_rate'])}), {size(c['bytes_in'])} in, "
+           f"{size(c['used_bytes'])} used of {size(c['capacity_bytes'])}; lookups: "
+           f"{c['lookup_keys']} keys, {c['lookup_hits']} found (lookup hit rate "
+           f"{pct(c['lookup_hit_rate'])}); gets: {c['hits']} hits, {c['misses']} misses "
+           f"(get hit rate {pct(c['hit_rate'])}); {size(c['bytes_in'])} in, "
            f"{size(c['bytes_out'])} out, {c['evictions']} evictions, {c['demotions_in']} "
            f"demotions, {c['corrupt_dropped']} corrupt chunks dropped", ""]
     out.append(table(
-        ("node", "chunks", "used", "capacity", "hits", "misses", "hit rate", "in", "out",
-         "puts", "rejected", "evictions", "get p50/p99 ms", "put p50/p99 ms"),
+        ("node", "chunks", "used", "capacity", "lookup keys", "lookup hit rate", "get hits",
+         "get misses", "get hit rate", "in", "out", "puts", "rejected", "evictions",
+         "get p50/p99 ms", "put p50/p99 ms"),
         [(n["node_id"], n["chunks"], size(n["used_bytes"]), size(n["capacity_bytes"]),
-          n["hits"], n["misses"], pct(n["hit_rate"]), size(n["bytes_in"]), size(n["bytes_out"]),
-          n["puts"], n["rejected"], n["evictions"], _lat(n, "get"), _lat(n, "put"))
+          n["lookup_keys"], pct(n["lookup_hit_rate"]), n["hits"], n["misses"],
+          pct(n["hit_rate"]), size(n["bytes_in"]), size(n["bytes_out"]), n["puts"],
+          n["rejected"], n["evictions"], _lat(n, "get"), _lat(n, "put"))
          for n in doc["nodes"]]))
     out += ["", table(
         ("node", "tier", "capacity", "used", "used %", "chunks", "hits", "evictions",
@@ -120,9 +132,11 @@ def render_stats(doc: dict[str, Any]) -> str:
           t["corrupt_dropped"]) for n in doc["nodes"] for t in n["tiers"]])]
     if doc["tenants"]:
         out += ["", table(
-            ("tenant", "chunks", "used", "hits", "misses", "hit rate", "in", "out"),
-            [(t["tenant"] or "(none)", t["chunks"], size(t["used_bytes"]), t["hits"],
-              t["misses"], pct(t["hit_rate"]), size(t["bytes_in"]), size(t["bytes_out"]))
+            ("tenant", "chunks", "used", "lookup keys", "lookup hit rate", "get hits",
+             "get misses", "get hit rate", "in", "out"),
+            [(t["tenant"] or "(none)", t["chunks"], size(t["used_bytes"]), t["lookup_keys"],
+              pct(t["lookup_hit_rate"]), t["hits"], t["misses"], pct(t["hit_rate"]),
+              size(t["bytes_in"]), size(t["bytes_out"]))
              for t in doc["tenants"]])]
     return "\n".join(out)
 

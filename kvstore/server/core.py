@@ -105,7 +105,9 @@ class StoreCore:
             hits = [k for k, e in zip(req.keys, entries, strict=True) if e is not None]
             self.manager.prefetch(hits if req.prefetch else hits[-1:], req.prefetch_next,
                                   session.namespace_id)
-        self.stats.record_lookup(time.perf_counter() - started)
+        found = sum(e is not None for e in entries)
+        self.stats.record_lookup(session.namespace_id, found, len(entries) - found,
+                                 time.perf_counter() - started)
         return resp
 
     def delete(self, session: Session, keys: Sequence[bytes]) -> int:
@@ -118,7 +120,8 @@ class StoreCore:
         resp = pb.StatsResponse(
             node_id=self.node_id, hits=s.hits, misses=s.misses, bytes_in=s.bytes_in,
             bytes_out=s.bytes_out, puts=s.puts, rejected=s.rejected, prefetches=m.prefetches,
-            uptime_s=time.monotonic() - s.started)
+            uptime_s=time.monotonic() - s.started, lookup_keys=s.lookup_hits + s.lookup_misses,
+            lookup_hits=s.lookup_hits, lookup_misses=s.lookup_misses)
         for name, cap, used, chunks in m.tier_usage():
             c = m.counters[name]
             resp.tiers.add(name=name, capacity_bytes=cap, used_bytes=used, chunks=chunks,
@@ -132,7 +135,9 @@ class StoreCore:
             chunks, used = usage.get(ns, (0, 0))
             resp.namespaces.add(namespace_id=ns, model_id=nc.model_id, tenant=nc.tenant,
                                 hits=nc.hits, misses=nc.misses, bytes_in=nc.bytes_in,
-                                bytes_out=nc.bytes_out, used_bytes=used, chunks=chunks)
+                                bytes_out=nc.bytes_out, used_bytes=used, chunks=chunks,
+                                lookup_keys=nc.lookup_hits + nc.lookup_misses,
+                                lookup_hits=nc.lookup_hits, lookup_misses=nc.lookup_misses)
         tenants: dict[str, pb.TenantStats] = {}
         for n in resp.namespaces:  # per tenant = its namespaces added up (admin stats, metrics)
             t = tenants.setdefault(n.tenant, pb.TenantStats(tenant=n.tenant))
@@ -142,6 +147,9 @@ class StoreCore:
             t.bytes_out += n.bytes_out
             t.used_bytes += n.used_bytes
             t.chunks += n.chunks
+            t.lookup_keys += n.lookup_keys
+            t.lookup_hits += n.lookup_hits
+            t.lookup_misses += n.lookup_misses
         resp.tenants.extend(tenants[k] for k in sorted(tenants))
         return resp
 

@@ -8,20 +8,28 @@ counters exists. Every metric carries ``node``; tier metrics add ``tier``, laten
 Latency quantiles are gauges over the node's window of the last 4096 operations per op (the
 window kvstore/server/stats.py keeps), not a Prometheus summary: the node keeps no all-time sum.
 
-The HTTP server is prometheus_client's (a daemon thread per node); ``/metrics`` (any path, in
-fact) answers with the text exposition format.
+The HTTP server (a daemon thread per node, a thread per request) answers ``/healthz`` and
+``/readyz`` with the node's probes (kvstore/server/health.py: 200, or 503 and the reason) and
+every other path (``/metrics``) with the text exposition format. It is plaintext and has no
+auth, whatever the gRPC port's TLS: docs/SECURITY.md says what it exposes and how to fence it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kvstore.errors import ConfigError
+from kvstore.server.health import ProbeResult
 from kvstore.v1 import kvstore_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -30,6 +38,9 @@ log = logging.getLogger(__name__)
 _NODE_COUNTERS = (
     ("kvstore_hits", "Gets that found their chunk", "hits"),
     ("kvstore_misses", "Gets that found no chunk", "misses"),
+    ("kvstore_lookup_keys", "Keys asked about by Lookup calls", "lookup_keys"),
+    ("kvstore_lookup_hits", "Lookup keys found", "lookup_hits"),
+    ("kvstore_lookup_misses", "Lookup keys not found", "lookup_misses"),
     ("kvstore_received_bytes", "Payload bytes stored by puts", "bytes_in"),
     ("kvstore_sent_bytes", "Payload bytes served by gets", "bytes_out"),
     ("kvstore_puts", "Chunks stored", "puts"),
@@ -54,6 +65,10 @@ _TIER_METRICS = (
 _TENANT_METRICS = (
     ("kvstore_tenant_hits", "Gets that found their chunk, per tenant", "hits", True),
     ("kvstore_tenant_misses", "Gets that found no chunk, per tenant", "misses", True),
+    ("kvstore_tenant_lookup_keys", "Keys asked about by Lookup calls, per tenant",
+     "lookup_keys", True),
+    ("kvstore_tenant_lookup_hits", "Lookup keys found, per tenant", "lookup_hits", True),
+    ("kvstore_tenant_lookup_misses", "Lookup keys not found, per tenant", "lookup_misses", True),
     ("kvstore_tenant_received_bytes", "Payload bytes stored, per tenant", "bytes_in", True),
     ("kvstore_tenant_sent_bytes", "Payload bytes served, per tenant", "bytes_out", True),
     ("kvstore_tenant_used_bytes", "Stored bytes (memory and disk copies), per tenant",
@@ -111,17 +126,65 @@ class StatsCollector(Collector):
         yield from metric_families(self._snapshot())
 
 
-class MetricsServer:
-    """The node's /metrics endpoint on ``host:port`` (0 = a free port) in a daemon thread."""
+Probe = Callable[[], ProbeResult]
+PROBE_PATHS = ("/healthz", "/readyz")
 
-    def __init__(self, snapshot: Callable[[], pb.StatsResponse], host: str, port: int) -> None:
+
+def _always_ok() -> ProbeResult:
+    return True, "ok"
+
+
+def http_app(registry: CollectorRegistry, live: Probe, ready: Probe) -> Callable[..., Any]:
+    """The WSGI app: the two probe paths, else prometheus_client's exposition."""
+    metrics_app = make_wsgi_app(registry)
+    probes = dict(zip(PROBE_PATHS, (live, ready), strict=True))
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        probe = probes.get(environ.get("PATH_INFO", ""))
+        if probe is None:
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        ok, why = probe()
+        body = f"{why}\n".encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain; charset=utf-8"),
+                        ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+        return [body]
+
+    return app
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stuck scrape must not keep the process alive
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a probe every few seconds would flood the log
+
+
+def _listen(host: str, port: int, app: Callable[..., Any]) -> WSGIServer:
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+    server_class = type("_FamilyServer", (_Server,), {"address_family": family})
+    return make_server(host, port, app, server_class, handler_class=_QuietHandler)
+
+
+class MetricsServer:
+    """The node's HTTP endpoint on ``host:port`` (0 = a free port) in a daemon thread:
+    /metrics, and /healthz and /readyz answered by ``live`` and ``ready``."""
+
+    def __init__(self, snapshot: Callable[[], pb.StatsResponse], host: str, port: int,
+                 live: Probe = _always_ok, ready: Probe = _always_ok) -> None:
         self.registry = CollectorRegistry(auto_describe=False)  # one per node: tests run several
         self.registry.register(StatsCollector(snapshot))
         try:
-            self._server, self._thread = start_http_server(port, host, self.registry)
+            self._server = _listen(host, port, http_app(self.registry, live, ready))
         except OSError as exc:
             raise ConfigError(f"metrics_port {port}: cannot listen on {host}:{port} ({exc}); "
                               "pick another port, 0 for a free one, -1 for no metrics") from exc
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="kvstore-metrics")
+        self._thread.start()
         self.port: int = self._server.server_port
 
     def stop(self) -> None:
@@ -130,4 +193,4 @@ class MetricsServer:
         self._thread.join(5)
 
 
-__all__ = ["MetricsServer", "StatsCollector", "metric_families"]
+__all__ = ["PROBE_PATHS", "MetricsServer", "StatsCollector", "http_app", "metric_families"]

@@ -1,5 +1,6 @@
-"""A store node: gRPC (KVStore, Admin, health, reflection), the bulk data plane and the
-Prometheus endpoint (kvstore/server/metrics.py), all over one StoreCore.
+"""A store node: gRPC (KVStore, Admin, health, reflection), the bulk data plane and the HTTP
+endpoint (Prometheus /metrics, /healthz, /readyz: kvstore/server/metrics.py), all over one
+StoreCore.
 
 ``create_server(config)`` returns a started node and its gRPC port, so tests bind port 0.
 ``NodeThread`` runs a node on its own event loop in a background thread (tests, demo, bench).
@@ -20,6 +21,7 @@ from kvstore.server import admin
 from kvstore.server.auth import AuthInterceptor
 from kvstore.server.core import StoreCore
 from kvstore.server.dataplane import DataPlaneServer
+from kvstore.server.health import NodeHealth
 from kvstore.server.metrics import MetricsServer
 from kvstore.server.service import KVStoreServicer, RejectUndecodable
 from kvstore.server.tls import server_credentials, server_ssl_context
@@ -46,7 +48,7 @@ class StoreNode:
         self.core = StoreCore(config)
         self.server: grpc.aio.Server | None = None
         self.dataplane: DataPlaneServer | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = NodeHealth(ready_service=SERVICE_NAME)  # also read by /healthz, /readyz
         self.port = 0
         self.metrics: MetricsServer | None = None
         # Admin/Drain calls this (cluster members only: cli/serve.py sets it); None = standalone
@@ -80,7 +82,8 @@ class StoreNode:
             self.core.node_id = f"{cfg.host}:{self.port}"
         if cfg.metrics_port >= 0:
             try:
-                self.metrics = MetricsServer(self.core.stats_pb, cfg.host, cfg.metrics_port)
+                self.metrics = MetricsServer(self.core.stats_pb, cfg.host, cfg.metrics_port,
+                                             live=self.health.live, ready=self.health.ready)
             except BaseException:  # a configured endpoint that cannot start stops startup
                 if self.dataplane:
                     self.dataplane.stop()
@@ -88,6 +91,7 @@ class StoreNode:
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.health.serving_on(asyncio.get_running_loop())
         log.info("kvstore node %s serving gRPC on %s:%d, data plane on %s, metrics on %s",
                  self.core.node_id, cfg.host, self.port, self.core.data_port or "off",
                  self.metrics_port or "off")

@@ -1,4 +1,5 @@
-"""Node-level counters: hits, misses, bytes, latencies, per-namespace figures."""
+"""Node-level counters: get hits/misses, lookup hits/misses, bytes, latencies, per-namespace
+figures."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class NamespaceCounters:
     misses: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    lookup_hits: int = 0    # keys a Lookup found (hits/misses above: Gets only)
+    lookup_misses: int = 0  # keys a Lookup did not find
 
 
 class LatencyWindow:
@@ -44,6 +47,9 @@ class NodeStats:
         self.started = time.monotonic()
         self.hits = self.misses = self.bytes_in = self.bytes_out = 0
         self.puts = self.rejected = 0
+        # Lookup keys found / not found. Clients look up first and get only what was found, so
+        # Get hits/misses alone read near 100% while lookups miss: these give the real rate.
+        self.lookup_hits = self.lookup_misses = 0
         self.latency = {op: LatencyWindow() for op in ("get", "put", "lookup")}
         self.namespaces: dict[str, NamespaceCounters] = {}
 
@@ -79,8 +85,13 @@ class NodeStats:
         with self._lock:
             self.rejected += 1
 
-    def record_lookup(self, seconds: float) -> None:
+    def record_lookup(self, ns: str, found: int, not_found: int, seconds: float) -> None:
+        c = self.namespace(ns)
         with self._lock:
+            self.lookup_hits += found
+            self.lookup_misses += not_found
+            c.lookup_hits += found
+            c.lookup_misses += not_found
             self.latency["lookup"].add(seconds)
 
     def latency_percentiles(self) -> list[tuple[str, int, float, float]]:

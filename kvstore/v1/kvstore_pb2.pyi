@@ -218,7 +218,7 @@ class LatencyStats(_message.Message):
     def __init__(self, op: _Optional[str] = ..., count: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
 class NamespaceStats(_message.Message):
-    __slots__ = ("namespace_id", "model_id", "tenant", "hits", "misses", "bytes_in", "bytes_out", "used_bytes", "chunks")
+    __slots__ = ("namespace_id", "model_id", "tenant", "hits", "misses", "bytes_in", "bytes_out", "used_bytes", "chunks", "lookup_keys", "lookup_hits", "lookup_misses")
     NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,9 @@ class NamespaceStats(_message.Message):
     BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_KEYS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_HITS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_MISSES_FIELD_NUMBER: _ClassVar[int]
     namespace_id: str
     model_id: str
     tenant: str
@@ -237,10 +240,13 @@ class NamespaceStats(_message.Message):
     bytes_out: int
     used_bytes: int
     chunks: int
-    def __init__(self, namespace_id: _Optional[str] = ..., model_id: _Optional[str] = ..., tenant: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
+    lookup_keys: int
+    lookup_hits: int
+    lookup_misses: int
+    def __init__(self, namespace_id: _Optional[str] = ..., model_id: _Optional[str] = ..., tenant: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., lookup_keys: _Optional[int] = ..., lookup_hits: _Optional[int] = ..., lookup_misses: _Optional[int] = ...) -> None: ...
 
 class TenantStats(_message.Message):
-    __slots__ = ("tenant", "hits", "misses", "bytes_in", "bytes_out", "used_bytes", "chunks")
+    __slots__ = ("tenant", "hits", "misses", "bytes_in", "bytes_out", "used_bytes", "chunks", "lookup_keys", "lookup_hits", "lookup_misses")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +254,9 @@ class TenantStats(_message.Message):
     BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_KEYS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_HITS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_MISSES_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     hits: int
     misses: int
@@ -255,10 +264,13 @@ class TenantStats(_message.Message):
     bytes_out: int
     used_bytes: int
     chunks: int
-    def __init__(self, tenant: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
+    lookup_keys: int
+    lookup_hits: int
+    lookup_misses: int
+    def __init__(self, tenant: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., lookup_keys: _Optional[int] = ..., lookup_hits: _Optional[int] = ..., lookup_misses: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("node_id", "tiers", "hits", "misses", "bytes_in", "bytes_out", "puts", "rejected", "prefetches", "latencies", "namespaces", "uptime_s", "tenants")
+    __slots__ = ("node_id", "tiers", "hits", "misses", "bytes_in", "bytes_out", "puts", "rejected", "prefetches", "latencies", "namespaces", "uptime_s", "tenants", "lookup_keys", "lookup_hits", "lookup_misses")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +284,9 @@ class StatsResponse(_message.Message):
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_KEYS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_HITS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_MISSES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     hits: int
@@ -285,7 +300,10 @@ class StatsResponse(_message.Message):
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStats]
     uptime_s: float
     tenants: _containers.RepeatedCompositeFieldContainer[TenantStats]
-    def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., puts: _Optional[int] = ..., rejected: _Optional[int] = ..., prefetches: _Optional[int] = ..., latencies: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ...) -> None: ...
+    lookup_keys: int
+    lookup_hits: int
+    lookup_misses: int
+    def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., puts: _Optional[int] = ..., rejected: _Optional[int] = ..., prefetches: _Optional[int] = ..., latencies: _Optional[_Iterable[_Union[LatencyStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ..., lookup_keys: _Optional[int] = ..., lookup_hits: _Optional[int] = ..., lookup_misses: _Optional[int] = ...) -> None: ...
 
 class InspectRequest(_message.Message):
     __slots__ = ("keys",)

@@ -136,20 +136,69 @@ def test_container_and_service_ports_are_the_configured_ones(node: NodePod) -> N
             assert p["targetPort"] in want and p["port"] == want[p["targetPort"]], p
 
 
-def test_probes_use_grpc_health_on_the_grpc_port(node: NodePod) -> None:
+def _probe_port(node: NodePod, port: int | str) -> int:
+    """A probe's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in node.c["ports"]}
+    assert port in named, f"probe port {port!r} is not a port of the container"
+    return named[port]
+
+
+def test_probes_use_grpc_health_or_http_health_on_the_metrics_port(node: NodePod) -> None:
+    """Without TLS: kubelet's gRPC probes on the gRPC port. With TLS (kubelet's gRPC probes
+    speak plaintext only): httpGet on the plaintext metrics port, /readyz for readiness and
+    /healthz for liveness and start-up, the paths kvstore/server/metrics.py serves."""
+    from kvstore.server.metrics import PROBE_PATHS
+
     tls = bool(node.config.tls_cert)
+    want_path = {"startupProbe": "/healthz", "readinessProbe": "/readyz",
+                 "livenessProbe": "/healthz"}
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = node.c[kind]
         handlers = [h for h in ("grpc", "tcpSocket", "httpGet", "exec") if h in probe]
         assert len(handlers) == 1, f"{kind}: exactly one handler, got {handlers}"
-        if tls:  # kubelet's gRPC probes cannot do TLS
-            assert handlers == ["tcpSocket"] and probe["tcpSocket"]["port"] == node.config.port
+        if tls:
+            assert handlers == ["httpGet"], kind
+            get = probe["httpGet"]
+            assert _probe_port(node, get["port"]) == node.config.metrics_port, kind
+            assert get.get("scheme", "HTTP") == "HTTP", kind  # the metrics port is plaintext
+            assert get["path"] == want_path[kind] and get["path"] in PROBE_PATHS, kind
         else:
             assert handlers == ["grpc"] and probe["grpc"]["port"] == node.config.port
             # the names the node registers in grpc.health.v1 (kvstore/server/node.py)
             assert probe["grpc"].get("service", "") in ("", SERVICE_NAME)
     if not tls:  # readiness follows the KVStore service, which turns NOT_SERVING on drain
         assert node.c["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
+    # /healthz waits up to LIVENESS_WAIT_S for the event loop: the liveness timeout must allow it
+    from kvstore.server.health import LIVENESS_WAIT_S
+
+    assert node.c["livenessProbe"].get("timeoutSeconds", 1) > LIVENESS_WAIT_S
+
+
+def test_http_probe_paths_answer_on_a_real_node(start_node) -> None:
+    """Every httpGet probe of every render, asked of a real serving node: 200 (and the same
+    port is where the node serves them: the metrics port)."""
+    import urllib.request
+
+    probes = set()
+    for rel in NODE_RENDERS:
+        c = container(one(render(rel), "StatefulSet", "kvstore")["spec"]["template"]["spec"],
+                      "kvstore")
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if "httpGet" in c[kind]:
+                get = c[kind]["httpGet"]
+                assert ports.get(get["port"], get["port"]) == ports["metrics"]
+                probes.add(get["path"])
+    assert probes == {"/healthz", "/readyz"}  # the TLS renders use both
+    node = start_node(metrics_port=0)
+    # the probe's own answer, not the metrics exposition every other path gets (also 200)
+    answers = {"/healthz": b"alive\n", "/readyz": b"ready\n"}
+    for path in sorted(probes):
+        url = f"http://127.0.0.1:{node.metrics_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert (resp.status, resp.read()) == (200, answers[path]), path
 
 
 def test_grace_period_covers_the_drain(node: NodePod) -> None:
@@ -267,6 +316,21 @@ def test_network_policy_opens_exactly_the_node_ports(node: NodePod) -> None:
     assert selects(rpol["podSelector"], redis_labels)
     assert {p["port"] for r in rpol["ingress"] for p in r["ports"]} == {redis_port}
     assert any(selects(f["podSelector"], labels) for r in rpol["ingress"] for f in r["from"])
+
+
+def test_metrics_port_admits_only_prometheus(node: NodePod) -> None:
+    """The metrics port (/metrics with per-tenant usage, /healthz, /readyz; plaintext, no auth)
+    is open to Prometheus pods only. Kubelet's probes need no rule: NetworkPolicy never blocks a
+    pod's own node (docs/SECURITY.md)."""
+    pol = one(node.docs, "NetworkPolicy", "kvstore-node")["spec"]
+    rules = [r for r in pol["ingress"]
+             if node.config.metrics_port in {p["port"] for p in r.get("ports", [])}]
+    assert len(rules) == 1 and rules[0]["from"], "one rule, with sources, opens the metrics port"
+    assert all("ports" in r for r in pol["ingress"]), "a rule without ports opens every port"
+    for src in rules[0]["from"]:
+        assert "ipBlock" not in src, src
+        assert src["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert {p["port"] for p in rules[0]["ports"]} == {node.config.metrics_port}
 
 
 def test_overlays_only_add_their_own_settings(tmp_path: Path,
