@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,8 @@ from typing import Any
 import grpc
 
 from kvstore.cli import admin_format as fmt
-from kvstore.errors import ConfigError, InvalidArgument
+from kvstore.cli.client_security import add_security_arguments, security_from_args
+from kvstore.errors import InvalidArgument
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -38,11 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_argument("--redis-url", help="ask the members of this cluster registry")
     common.add_argument("--timeout-s", type=float, default=5.0, help="per call (default 5)")
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    for flag, what in (("token", "bearer token (default $KVSTORE_TOKEN)"),
-                       ("tls-ca", "CA of the nodes' certificates (default $KVSTORE_TLS_CA)"),
-                       ("tls-cert", "client certificate for mutual TLS ($KVSTORE_TLS_CERT)"),
-                       ("tls-key", "key of --tls-cert ($KVSTORE_TLS_KEY)")):
-        common.add_argument("--" + flag, default=None, help=what)
+    add_security_arguments(common)
     sub = p.add_subparsers(dest="admin_command", required=True)
     sub.add_parser("stats", parents=[common], help="cluster, node, tier and tenant figures")
     sub.add_parser("ring", parents=[common], help="members, states, epoch, each node's share "
@@ -74,14 +70,9 @@ class Nodes:
     """One channel per node; ``ask`` turns every failure into an error string for its node."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from kvstore_client.security import ClientSecurity, auth_metadata
+        from kvstore_client.security import auth_metadata
 
-        given = {f: getattr(args, f) for f in ("token", "tls_ca", "tls_cert", "tls_key")
-                 if getattr(args, f) is not None}
-        try:
-            self.security = dataclasses.replace(ClientSecurity.from_env(), **given)
-        except ValueError as exc:
-            raise ConfigError(f"kvstore admin: {exc}") from exc
+        self.security = security_from_args(args, "kvstore admin")
         self.metadata = auth_metadata(self.security)
         self.timeout_s = args.timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kvstore.cli.client_security import add_security_arguments, security_from_args
+
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from .models/ (scripts/fetch_model.sh)
 PATTERNS = ("*.txt", "*.md")
 
@@ -43,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-doc-tokens", type=int, default=1024,
                    help="split files into passages of at most this many tokens (0 = whole)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_security_arguments(p)  # the same --token/--tls-* as `kvstore admin`
 
 
 @dataclass
@@ -147,22 +150,24 @@ def load_model(spec: str) -> tuple[Any, Any, str]:
 
 
 def open_store(args: argparse.Namespace, scheme: Any) -> Any:
-    """A sync client: one node, a static list of nodes, or the cluster of a registry."""
+    """A sync client: one node, a static list of nodes, or the cluster of a registry; token and
+    TLS from --token/--tls-* over the KVSTORE_* environment."""
+    security = security_from_args(args, "kvstore warmup")
     if args.redis_url:
         from kvstore.cluster.spec import ClusterSpec
 
         return ClusterSpec(scheme, redis_url=args.redis_url,
-                           replication=args.replication).connect()
+                           replication=args.replication).connect(security=security)
     addresses = [a.strip() for a in (args.nodes or "127.0.0.1:50051").split(",") if a.strip()]
     if len(addresses) == 1:
         from kvstore_client import KVStoreClient
 
-        return KVStoreClient(addresses[0], scheme)
+        return KVStoreClient(addresses[0], scheme, security)
     from kvstore_client.cluster import ClusterClient
     from kvstore_client.membership import Member
 
     return ClusterClient(scheme, [Member(a, a) for a in addresses],
-                         replication=args.replication)
+                         replication=args.replication, security=security)
 
 
 def run(args: argparse.Namespace) -> int:

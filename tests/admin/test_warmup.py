@@ -95,3 +95,92 @@ def test_warmup_command_with_smollm2(start_node, corpus, tmp_path):
     assert second.returncode == 0, second.stderr
     rep2 = json.loads(second.stdout.strip().splitlines()[-1])["warmup"]
     assert (rep2["stored"], rep2["skipped"], rep2["chunks"]) == (0, 3, 0)
+
+
+# ---- token and TLS: the same flags as `kvstore admin`, defaults from KVSTORE_* ---------------
+TOKEN = "tok-warmup-0123456789"
+
+
+@pytest.fixture
+def secured(tmp_path, start_node):
+    """Two nodes with TLS (a self-signed certificate, its own CA) and auth on: one token,
+    tenant acme, role user. Returns (nodes, ca path)."""
+    from kvstore.server.auth import token_hash
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "node.key", "-out",
+                    "node.pem", "-days", "1", "-subj", "/CN=node", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=30)
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(json.dumps({"tokens": [{"sha256": token_hash(TOKEN), "tenant": "acme",
+                                              "role": "user", "name": "warmup"}]}))
+    kw = dict(auth_tokens_file=str(tokens), tls_cert=str(tmp_path / "node.pem"),
+              tls_key=str(tmp_path / "node.key"))
+    return [start_node(**kw), start_node(**kw)], str(tmp_path / "node.pem")
+
+
+def _warmup_args(*argv: str):
+    from kvstore.cli.main import build_parser
+
+    return build_parser().parse_args(["warmup", "unused-dir", *argv])
+
+
+@pytest.mark.parametrize("n_nodes", [1, 2])  # KVStoreClient, ClusterClient
+def test_warmup_store_uses_token_and_tls_flags(secured, corpus, monkeypatch, n_nodes):
+    from kvstore.cli.warmup import open_store, warm_up
+    from kvstore.errors import Unauthenticated
+
+    nodes, ca = secured
+    for var in ("KVSTORE_TOKEN", "KVSTORE_TLS_CA", "KVSTORE_TLS_CERT", "KVSTORE_TLS_KEY",
+                "KVSTORE_TLS_SERVER_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    addresses = ",".join(n.address for n in nodes[:n_nodes])
+    scheme = KeyScheme("tiny", "float16", chunk_tokens=CHUNK, tenant="acme")
+    args = _warmup_args("--nodes", addresses, "--tenant", "acme", "--token", TOKEN,
+                        "--tls-ca", ca, "--replication", "1")
+    with open_store(args, scheme) as store, _engine(store, scheme) as engine:
+        rep = warm_up(engine, store, [corpus / "b.md"], max_doc_tokens=0, progress=False)
+        assert (rep.stored, rep.failed_chunks) == (1, 0) and rep.chunks >= 1
+    assert sum(n.core.stats.puts for n in nodes[:n_nodes]) == rep.chunks
+    # no token: the node refuses (plaintext would not even connect)
+    with pytest.raises(Unauthenticated):
+        store = open_store(_warmup_args("--nodes", addresses, "--tls-ca", ca,
+                                        "--replication", "1"), scheme)
+        with store:
+            store.lookup([b"k" * 16])
+
+
+def test_warmup_security_defaults_from_env_and_flags_win(secured, monkeypatch):
+    from kvstore.cli.warmup import open_store
+
+    nodes, ca = secured
+    monkeypatch.setenv("KVSTORE_TOKEN", TOKEN)
+    monkeypatch.setenv("KVSTORE_TLS_CA", ca)
+    scheme = KeyScheme("tiny", "float16", chunk_tokens=CHUNK, tenant="acme")
+    with open_store(_warmup_args("--nodes", nodes[0].address), scheme) as store:
+        assert store.put(b"e" * 16, b"\1" * 64) and store.lookup([b"e" * 16]).found == [True]
+    from kvstore.errors import Unauthenticated
+
+    with pytest.raises(Unauthenticated):  # a wrong --token overrides the right KVSTORE_TOKEN
+        with open_store(_warmup_args("--nodes", nodes[0].address, "--token", "nope"),
+                        scheme) as store:
+            store.lookup([b"e" * 16])
+
+
+def test_warmup_and_admin_share_the_security_flags():
+    from kvstore.cli.main import build_parser
+    from kvstore.errors import ConfigError
+
+    p = build_parser()
+    admin = p.parse_args(["admin", "stats", "--token", "t", "--tls-ca", "ca", "--tls-cert", "c",
+                          "--tls-key", "k"])
+    warm = p.parse_args(["warmup", "d", "--token", "t", "--tls-ca", "ca", "--tls-cert", "c",
+                         "--tls-key", "k"])
+    fields = ("token", "tls_ca", "tls_cert", "tls_key")
+    assert [getattr(admin, f) for f in fields] == [getattr(warm, f) for f in fields] \
+        == ["t", "ca", "c", "k"]
+    from kvstore.cli.warmup import open_store
+
+    with pytest.raises(ConfigError, match="kvstore warmup: tls_cert and tls_key go together"):
+        open_store(p.parse_args(["warmup", "d", "--tls-ca", "ca", "--tls-cert", "c"]), None)
