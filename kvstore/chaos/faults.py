@@ -240,22 +240,33 @@ class DiskFull(FaultInjector):
         self.ballast = Path(node.data_dir, "chaos-ballast")
 
     def _inject(self) -> dict[str, Any]:
-        written, last_error = 0, 0
-        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            written, free = 0, -1
+            for _ in range(50):  # the node frees pages as well (overwrites delete old files):
+                written += self._fill()  # top up until the file system shows 0 free at once
+                free = self.node.tmpfs.free_bytes() if self.node.tmpfs else -1
+                if free == 0:
+                    break
+            if free != 0:
+                raise FaultError(f"{self.node.data_dir} still has {free} bytes free")
+        except BaseException:
+            self.ballast.unlink(missing_ok=True)  # a failed injection leaves nothing behind
+            raise
+        return {"ballast_bytes": written, "errno": "ENOSPC", "free_bytes": free}
+
+    def _fill(self) -> int:
+        """Append to the ballast until ENOSPC; returns bytes written."""
+        written = 0
+        with open(self.ballast, "ab", buffering=0) as f:
             for block in (self.BLOCK, 4096):  # big blocks, then the last pages
                 while True:
                     try:
-                        written += os.write(fd, b"\0" * block)
+                        written += f.write(b"\0" * block)
                     except OSError as exc:
-                        last_error = exc.errno or 0
+                        if exc.errno != errno.ENOSPC:
+                            raise FaultError(f"ballast write failed: {exc}") from exc
                         break
-        finally:
-            os.close(fd)
-        free = self.node.tmpfs.free_bytes() if self.node.tmpfs else -1
-        if last_error != errno.ENOSPC or free != 0:
-            raise FaultError(f"ballast stopped with errno {last_error}, {free} bytes free")
-        return {"ballast_bytes": written, "errno": "ENOSPC", "free_bytes": free}
+        return written
 
     def _heal(self) -> dict[str, Any]:
         self.ballast.unlink()
