@@ -191,7 +191,8 @@ def test_dashboard_queries_only_metrics_the_endpoint_exports(metrics_node, conne
     # and the dashboard covers the figures the issue asks for
     for needed in ("kvstore_hits_total", "kvstore_misses_total", "kvstore_tier_used_bytes",
                    "kvstore_tier_evictions_total", "kvstore_latency_seconds",
-                   "kvstore_tenant_used_bytes"):
+                   "kvstore_tenant_used_bytes", "kvstore_lookup_hits_total",
+                   "kvstore_lookup_misses_total", "kvstore_tenant_lookup_hits_total"):
         assert needed in used
 
 
