@@ -96,6 +96,7 @@ class LoadGen:
         self.calls: list[tuple[float, str]] = []   # (start, op) of every call
         self.wrong_keys: list[bytes] = []
         self.unexpected: list[str] = []     # exceptions outside the kvstore hierarchy
+        self.errors: list[tuple[float, str, str]] = []  # (start, op, error class): diagnosis
         self._rng = random.Random(seed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
@@ -192,6 +193,7 @@ class LoadGen:
                                                 deadline_s=self.deadline_s)
         except KVStoreError as exc:
             log.debug("put failed: %s", exc)
+            self.errors.append((t0, "put", type(exc).__name__))
             self._record(t0, "put", [("error", CHURN)] * len(keys))
             return
         for k, ok in zip(keys, stored, strict=True):
@@ -211,6 +213,7 @@ class LoadGen:
             got = await self.client.get_many(keys, deadline_s=self.deadline_s)
         except KVStoreError as exc:
             log.debug("get failed: %s", exc)
+            self.errors.append((t0, "get", type(exc).__name__))
             self._record(t0, "get", [("error", p) for p in pools])
             return
         outcomes = []
@@ -234,6 +237,7 @@ class LoadGen:
             res = await self.client.lookup(keys, deadline_s=self.deadline_s)
         except KVStoreError as exc:
             log.debug("lookup failed: %s", exc)
+            self.errors.append((t0, "lookup", type(exc).__name__))
             self._record(t0, "lookup", [("error", STABLE)] * half
                          + [("error", ABSENT)] * (len(keys) - half))
             return
@@ -270,6 +274,10 @@ class LoadGen:
         reads = sum(s.counts.get(f"get.{o}", 0) for o in OUTCOMES)
         bad = s.counts.get("get.miss", 0) + s.counts.get("get.error", 0)
         return bad / reads if reads else 0.0
+
+    def error_classes(self, t0: float, t1: float) -> dict[str, int]:
+        """"op:ErrorClass" -> calls that failed so in [t0, t1)."""
+        return dict(Counter(f"{op}:{name}" for t, op, name in list(self.errors) if t0 <= t < t1))
 
     def reads_between(self, t0: float, t1: float) -> int:
         return sum(1 for r in list(self.records) if r.op == "get" and t0 <= r.start < t1)

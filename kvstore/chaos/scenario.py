@@ -86,6 +86,8 @@ def run_fault(cluster: ChaosCluster, load: LoadGen, fault: FaultInjector, *, hol
     raw = load.summary(t_inject, t_heal)
     whole = load.summary(t_base, t_end)
     reads = sum(whole.counts.get(f"get.{o}", 0) for o in ("ok", "miss", "error", "wrong"))
+    extra["errors_during"] = load.error_classes(t_inject, t_heal)
+    extra["stable_misses_during"] = during_s.counts.get("get.stable.miss", 0)
     return FaultFigures(
         fault=fault.kind, target=fault.target, injected=len(fault.log.of(fault.kind, "inject")),
         ops=whole.ops, keys_read=reads, wrong=whole.wrong, stable_reads=during_s.stable_reads,
