@@ -248,7 +248,6 @@ def test_disk_full_on_a_node(cluster, load, probe, faults, chaos_results):
     def before_heal():
         st = probe.stats(node)
         disk = next(t for t in st.tiers if t.name == "disk")
-        counts["disk_at_heal"] = disk.chunks
         assert node.alive()
         return {"puts_while_full": st.puts - counts["puts0"],
                 "disk_chunks_gained_while_full": disk.chunks - counts["disk0"],
@@ -256,8 +255,12 @@ def test_disk_full_on_a_node(cluster, load, probe, faults, chaos_results):
 
     figs = run_fault(cluster, load, fault, hold_s=HOLD_S, bound_s=BOUND_S, during=during,
                      before_heal=before_heal)
-    # after the recovery figures (this wait would count as recovery time): disk copies resume
-    wait_for(lambda: probe.tier(node, "disk").chunks > counts["disk_at_heal"], BOUND_S,
+    # after the recovery figures (this wait would count as recovery time): new chunks get
+    # their disk copies again
+    after = [chunk_key("fresh-after-heal", i, load.seed) for i in range(40)]
+    assert all(load.put_keys(after))
+    mine = list(probe.holders(node, after))
+    wait_for(lambda: all(chunk_path(node.data_dir, k).exists() for k in mine), BOUND_S,
              "disk writes to resume after the heal")
     record(chaos_results, figs, faults.log)
     check_common(figs, cluster, load)
