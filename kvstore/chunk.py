@@ -64,6 +64,9 @@ class ChunkInfo:
         if any(d < 0 for d in self.shape):
             raise InvalidArgument(f"negative dimension in shape {list(self.shape)}")
         if self.codec in ("", IDENTITY):
+            if self.codec_params:  # stored, it would fail every client's decode on get
+                raise InvalidArgument(f"codec identity takes no codec_params, got "
+                                      f"{sorted(self.codec_params)}")
             n = DTYPE_BYTES[self.dtype]
             for d in self.shape:
                 n *= d

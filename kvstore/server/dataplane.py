@@ -27,6 +27,11 @@ from kvstore.wire import info_from_pb, info_to_pb
 
 log = logging.getLogger(__name__)
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+# Open connections at once, all clients together; one more is answered RESOURCE_EXHAUSTED and
+# closed. Each connection is a thread (8 MiB of stack address space, ~100 KiB resident) that may
+# hold a reserved chunk, so without a cap a flood of connections grows the node without bound.
+# Clients keep a small pool per node, so this serves a few hundred workers.
+MAX_CONNECTIONS = 1024
 
 
 class ConnectionClosed(Exception):
@@ -88,7 +93,12 @@ class DataPlaneServer:
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
-                self._conns.add(conn)
+                full = len(self._conns) >= MAX_CONNECTIONS
+                if not full:
+                    self._conns.add(conn)
+            if full:
+                _refuse(conn, f"node has {MAX_CONNECTIONS} data-plane connections open; retry")
+                continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True,
                              name="kvstore-dataplane-conn").start()
 
@@ -224,9 +234,12 @@ class DataPlaneServer:
         if m > dp.MAX_META_BYTES:
             raise ConnectionClosed(f"chunk meta of {m} bytes exceeds {dp.MAX_META_BYTES}")
         started = time.perf_counter()
+        # read before the try: a peer gone mid-meta ends the connection (regression: it was
+        # answered "not a valid ChunkMeta", and a reset socket kept being read)
+        raw = recv_exact(conn, m)
         try:
             try:
-                meta = pb.ChunkMeta.FromString(recv_exact(conn, m))
+                meta = pb.ChunkMeta.FromString(raw)
             except Exception as exc:  # protobuf's DecodeError has no stable import path
                 raise InvalidArgument(f"chunk meta is not a valid ChunkMeta: {exc}") from exc
             res = self.core.begin_put(session, info_from_pb(meta))
@@ -245,6 +258,17 @@ class DataPlaneServer:
             res.abort()
             raise
         conn.sendall(dp.pack_status(0, tier))
+
+
+def _refuse(conn: socket.socket, why: str) -> None:
+    """RESOURCE_EXHAUSTED in place of the HELLO status, then close (a fresh socket's send
+    buffer takes the few bytes without blocking the accept loop)."""
+    try:
+        conn.sendall(dp.pack_status(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], why))
+    except OSError:
+        pass  # the client is gone already
+    finally:
+        conn.close()
 
 
 def _release_all(leases: dict[int, Lease]) -> None:

@@ -8,6 +8,7 @@ partial one.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ import grpc
 from kvstore.errors import ERROR_METADATA, InvalidArgument, KVStoreError
 from kvstore.server.auth import Principal
 from kvstore.server.core import StoreCore
+from kvstore.server.core import _check_keys as check_keys
 from kvstore.server.sessions import Session
 from kvstore.tiers.manager import PutReservation
 from kvstore.v1 import kvstore_pb2 as pb
@@ -30,6 +32,8 @@ T = TypeVar("T")
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc  # already aborted with its status (an undecodable request message)
     if isinstance(exc, KVStoreError):
         context.set_trailing_metadata(((ERROR_METADATA, type(exc).__name__),))
         await context.abort(exc.code, str(exc))
@@ -116,6 +120,9 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
     async def Get(self, request: pb.GetRequest, context: Any) -> AsyncIterator[pb.GetResponse]:
         try:
             session = _session(self.core, context)
+            # the whole batch is refused before a chunk is sent, as in Lookup and Delete
+            # (regression: a Get of 500k keys or a bad key at the end was streamed up to there)
+            check_keys(request.keys)
             frame = request.frame_bytes or self.core.config.frame_bytes
             frame = min(max(frame, 4096), self.core.config.frame_bytes)
             for key in request.keys:
@@ -152,3 +159,79 @@ def _truncated(res: PutReservation, pos: int) -> None:
     raise InvalidArgument(f"chunk {res.info.key.hex()} truncated: got {pos} of "
                           f"{res.info.payload_bytes} declared bytes; nothing stored")
 
+
+
+class RejectUndecodable(grpc.aio.ServerInterceptor):
+    """INVALID_ARGUMENT for request bytes that do not parse as the method's message.
+
+    gRPC parses a request before any servicer code runs and answers a parse error with UNKNOWN
+    ("Unexpected DecodeError"), which a client cannot tell from a node bug. A tolerant
+    deserializer turns the failure into a value that the wrapped behavior refuses. Applies to
+    every service on the server (KVStore, health, reflection).
+    """
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return _refusing_undecodable(handler)
+
+
+class _Undecodable:
+    def __init__(self, exc: Exception) -> None:
+        self.reason = f"request message does not parse: {exc}"
+
+
+def _refusing_undecodable(h: Any) -> Any:
+    parse = h.request_deserializer
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception as exc:  # protobuf's DecodeError has no stable import path
+            return _Undecodable(exc)
+
+    async def refuse(context: grpc.aio.ServicerContext, msg: _Undecodable) -> None:
+        context.set_trailing_metadata(((ERROR_METADATA, InvalidArgument.__name__),))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg.reason)
+
+    async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for msg in requests:
+            if isinstance(msg, _Undecodable):
+                await refuse(context, msg)
+            yield msg
+
+    async def run(behavior: Any, request: Any, context: Any) -> Any:
+        result = behavior(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    async def unary_unary(request: Any, context: Any) -> Any:
+        if isinstance(request, _Undecodable):
+            await refuse(context, request)
+        return await run(h.unary_unary, request, context)
+
+    async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        if isinstance(request, _Undecodable):
+            await refuse(context, request)
+        result = h.unary_stream(request, context)
+        if inspect.isasyncgen(result):
+            async for item in result:
+                yield item
+        elif inspect.isawaitable(result):  # a behavior that writes with context.write
+            await result
+
+    async def stream_unary(requests: Any, context: Any) -> Any:
+        return await run(h.stream_unary, checked(requests, context), context)
+
+    async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+        result = h.stream_stream(checked(requests, context), context)
+        if inspect.isasyncgen(result):
+            async for item in result:
+                yield item
+        elif inspect.isawaitable(result):
+            await result
+
+    kinds = {"unary_unary": unary_unary, "unary_stream": unary_stream,
+             "stream_unary": stream_unary, "stream_stream": stream_stream}
+    return h._replace(request_deserializer=deserialize,
+                      **{k: fn for k, fn in kinds.items() if getattr(h, k) is not None})
