@@ -89,14 +89,15 @@ def test_rpc_flood_is_refused_with_resource_exhausted(client, small_node):
     """Regression (no limit on concurrent RPCs): every stream a client opened was accepted and
     kept its buffers, so a flood of open streams grew the node without bound."""
     stub, md, _ = client
-    big_key, big = fs.key_for("limits-big"), fs.blob(1, 6 * PAGE)
+    big_key, big = fs.key_for("limits-big"), fs.blob(1, MAX_CHUNK)
     stub.Put(iter([pb.PutRequest(meta=pb.ChunkMeta(key=big_key, payload_bytes=len(big),
                                                    checksum=oracle.xxh(big))),
                    pb.PutRequest(data=big)]), metadata=md, timeout=10)
     half = RPC_LIMIT // 2
     puts = [HeldPut(stub, md, fs.key_for(f"limits-{i}"), fs.blob(i, 1000)) for i in range(half)]
-    # Get streams that the client does not read: the node blocks on flow control mid-chunk
-    gets = [stub.Get(pb.GetRequest(keys=[big_key], frame_bytes=4096), metadata=md, timeout=60)
+    # Get streams that the client does not read: 24 MiB each, more than HTTP/2 flow control
+    # lets the node send ahead, so each stays in flight until the client reads it
+    gets = [stub.Get(pb.GetRequest(keys=[big_key] * 24), metadata=md, timeout=60)
             for _ in range(RPC_LIMIT - half)]
     exc = _wait_refused(lambda: stub.Lookup(pb.LookupRequest(keys=[big_key]), metadata=md,
                                             timeout=10))
@@ -111,7 +112,7 @@ def test_rpc_flood_is_refused_with_resource_exhausted(client, small_node):
         assert [r.stored for r in p.finish().results] == [True]
     for g in gets:
         got = b"".join(item.data for item in g if item.HasField("data"))
-        assert got == big
+        assert got == big * 24
     found = stub.Lookup(pb.LookupRequest(keys=[fs.key_for(f"limits-{i}") for i in range(half)]),
                         metadata=md, timeout=10)
     assert all(loc.found for loc in found.locations)
