@@ -94,8 +94,7 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
                     if res is not None:
                         _truncated(res, pos)
                     started = time.perf_counter()
-                    res = await asyncio.to_thread(self.core.begin_put, session,
-                                                  info_from_pb(msg.meta))
+                    res = await _reserve(self.core, session, info_from_pb(msg.meta))
                     pos = 0
                 elif msg.HasField("data"):
                     if res is None:
@@ -111,6 +110,10 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             if res is not None:
                 _truncated(res, pos)
             return resp
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed mid-stream
+            if res is not None:
+                res.abort()  # else its pages stay reserved for good
+            raise
         except Exception as exc:
             if res is not None:
                 res.abort()
@@ -138,6 +141,23 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
                             yield pb.GetResponse(data=bytes(view[off:off + frame]))
         except Exception as exc:
             await _abort(context, exc)
+
+
+async def _reserve(core: StoreCore, session: Session, info: Any) -> PutReservation:
+    """core.begin_put on a worker thread. If the call is cancelled while the thread runs, the
+    reservation it returns later is aborted (a cancelled await would drop it and leak its pages).
+    """
+    fut = asyncio.ensure_future(asyncio.to_thread(core.begin_put, session, info))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        fut.add_done_callback(_abort_reservation)
+        raise
+
+
+def _abort_reservation(fut: asyncio.Future[PutReservation]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().abort()
 
 
 def _write_frame(res: PutReservation, pos: int, data: bytes) -> int:

@@ -516,3 +516,30 @@ def test_handshake_with_unusable_scheme(env, change, code):
     assert got == code
     env.healthy()
 
+
+
+# ---- cancelled streams ----------------------------------------------------------------------
+def test_regression_put_cancelled_mid_stream_frees_its_reserved_pages(env, wait_until):
+    """A client that cancels a Put (or whose deadline passes) after the meta and part of the
+    payload: the node used to leave the reservation's pages held forever (CancelledError is not
+    an Exception, so the abort never ran)."""
+    import threading
+
+    key, data = env.new_key(), bytes(range(256)) * (3 * PAGE // 256)
+    sent, release = threading.Event(), threading.Event()
+
+    def requests():
+        yield pb.PutRequest(meta=meta_for(key, data))
+        yield pb.PutRequest(data=data[:PAGE])
+        sent.set()
+        release.wait(10)  # the stream stays open, payload incomplete, until the test cancels
+
+    call = env.stub.Put.future(requests(), metadata=env.md)
+    assert sent.wait(10)
+    cpu = env.node.core.manager.mem_tiers[0]
+    # the fault is set up only once the node has reserved the chunk's pages
+    wait_until(lambda: cpu.used_bytes > 3 * PAGE, 5, "the node to reserve the chunk's pages")
+    call.cancel()
+    release.set()
+    assert_not_stored(env, key)
+    env.healthy()  # waits until used pages are those of the stored chunks only
