@@ -279,11 +279,11 @@ def _tune(x: torch.Tensor, args: argparse.Namespace, time_fn) -> dict[str, Any]:
     for part in ("keys", "values"):
         for tile in TILES:
             for warps in WARPS:
-                quant_kivi.LAUNCH.update({f"{part}_tile": tile, f"{part}_warps": warps})
+                quant_kivi.LAUNCH.update({f"{part}_tile": tile, "num_warps": warps})
                 sweep[f"kivi_{part}"].append({"tile": tile, "num_warps": warps,
                                               "time_us": kivi() * 1e6})
         best = min(sweep[f"kivi_{part}"], key=lambda r: r["time_us"])
-        quant_kivi.LAUNCH.update({f"{part}_tile": best["tile"], f"{part}_warps": best["num_warps"]})
+        quant_kivi.LAUNCH.update({f"{part}_tile": best["tile"], "num_warps": best["num_warps"]})
     for name, rows in sweep.items():
         print(f"tune {name}: " + "  ".join(f"{r['tile']}/{r['num_warps']}w {r['time_us']:.0f}us"
                                             for r in rows), flush=True)

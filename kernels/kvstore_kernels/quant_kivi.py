@@ -24,11 +24,14 @@ PPB = 8 / b codes per byte, packed little end first: code i of a byte sits at bi
 fp16 sections come first so every one of them is 2-byte aligned. Cost: b + 32/G bits per element
 plus padding (int4, G=32: 3.2x smaller than fp16; int2: 5.3x).
 
-Grid. keys: one program per (l*H + h, token group, block of BLOCK_D channels) loads a
-[G/PPB, PPB, BLOCK_D] tile (rows of D contiguous elements), reduces over the first two axes and
-packs along the PPB axis. values: one program per (l*H + h, block of BLOCK_T tokens, channel group)
-loads [BLOCK_T, G/PPB, PPB] and reduces over the last two. Dequantization mirrors both. Interpreted
-runs write bf16 through _softcvt (the interpreter's bf16 cast truncates).
+Grid. One launch per call (a launch costs about as much host time as the kernels take on a
+64 MiB chunk): a 1-D grid whose first programs each take one key group (l*H + h, token group,
+block of BLOCK_D channels), loading it as PPB row slices [G/PPB, BLOCK_D] (rows contiguous in D)
+so that the min/max reduction and the packing along tokens stay 2-D; the remaining programs each
+take BLOCK_T tokens of one value channel group, one contiguous [BLOCK_T, G] tile, packing
+neighbouring channels with tl.split (tl.join to unpack) inside a thread's registers.
+Dequantization mirrors both. Interpreted runs write bf16 through _softcvt (the interpreter's bf16
+cast truncates).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ KIVI_BITS = (2, 4)
 GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
 # Launch shape: elements per program tile and warps per program. Measured on an H100 with
 # bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
-LAUNCH = {"keys_tile": 1024, "keys_warps": 2, "values_tile": 2048, "values_warps": 2}
+LAUNCH = {"keys_tile": 1024, "values_tile": 2048, "num_warps": 2}
 
 
 # ----------------------------------------------------------------------------- layout
@@ -183,8 +186,8 @@ def _quant(x, m, inv, LEVELS: tl.constexpr):
 
 
 @triton.jit
-def _kivi_quant_keys_kernel(
-    x_ptr, scale_ptr, min_ptr, codes_ptr,
+def _quant_keys_block(
+    x_ptr, scale_ptr, min_ptr, codes_ptr, n, p1, p2,
     H, T, D, NG, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -193,9 +196,8 @@ def _kivi_quant_keys_kernel(
     # The second pass re-reads the tile from L1/L2, not from DRAM.
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
-    n = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1)
-    dv = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    g = p1
+    dv = p2 * BLOCK_D + tl.arange(0, BLOCK_D)
     r = tl.arange(0, G // PPB)[:, None]
     d = dv[None, :]
     d_ok = dv < D
@@ -252,8 +254,8 @@ def _unpack_rows(b, BLOCK_T: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _kivi_quant_values_kernel(
-    x_ptr, scale_ptr, min_ptr, codes_ptr,
+def _quant_values_block(
+    x_ptr, scale_ptr, min_ptr, codes_ptr, n, p1, p2,
     H, T, D, NGD, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
@@ -261,9 +263,8 @@ def _kivi_quant_values_kernel(
     # neighbouring channels with tl.split, which stays within a thread's registers.
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
-    n = tl.program_id(0).to(tl.int64)
-    tv = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    g = tl.program_id(2)
+    tv = p1 * BLOCK_T + tl.arange(0, BLOCK_T)
+    g = p2
     t = tv[:, None]
     d = g * G + tl.arange(0, G)[None, :]
     mask = (t < T) & (d < D)
@@ -292,16 +293,15 @@ def _store_f32(ptrs, x, mask, SOFT_BF16: tl.constexpr):
 
 
 @triton.jit
-def _kivi_dequant_keys_kernel(
-    scale_ptr, min_ptr, codes_ptr, out_ptr,
+def _dequant_keys_block(
+    scale_ptr, min_ptr, codes_ptr, out_ptr, n, p1, p2,
     H, T, D, NG, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, SOFT_BF16: tl.constexpr,
 ):
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
-    n = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1)
-    dv = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    g = p1
+    dv = p2 * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dv < D
     r = tl.arange(0, G // PPB)[:, None]
     d = dv[None, :]
@@ -317,15 +317,14 @@ def _kivi_dequant_keys_kernel(
 
 
 @triton.jit
-def _kivi_dequant_values_kernel(
-    scale_ptr, min_ptr, codes_ptr, out_ptr,
+def _dequant_values_block(
+    scale_ptr, min_ptr, codes_ptr, out_ptr, n, p1, p2,
     H, T, D, NGD, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_T: tl.constexpr, SOFT_BF16: tl.constexpr,
 ):
     PPB: tl.constexpr = 8 // BITS
-    n = tl.program_id(0).to(tl.int64)
-    tv = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    g = tl.program_id(2)
+    tv = p1 * BLOCK_T + tl.arange(0, BLOCK_T)
+    g = p2
     t_ok = tv < T
     row = n * T + tv
     rr = tl.arange(0, G // PPB)[None, :]
@@ -341,6 +340,53 @@ def _kivi_dequant_values_kernel(
     _store_f32(base + t * stride_t + d, x, (t < T) & (d < D), SOFT_BF16)
 
 
+@triton.jit
+def _kivi_quant_kernel(
+    k_ptr, v_ptr, k_scale_ptr, k_min_ptr, k_codes_ptr, v_scale_ptr, v_min_ptr, v_codes_ptr,
+    H, T, D, NG, NGD, N_DBLK, N_TBLK, N_KEY_PROGRAMS, stride_l, stride_h, stride_t,
+    BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    # One launch for both halves (key groups: programs [0, N_KEY_PROGRAMS), value groups: the
+    # rest): a launch costs ~40 us of host time, as much as the kernels' own time on a 64 MiB
+    # chunk, so two launches made a stream of chunks host-bound.
+    pid = tl.program_id(0)
+    if pid < N_KEY_PROGRAMS:
+        n = (pid // (NG * N_DBLK)).to(tl.int64)
+        r = pid % (NG * N_DBLK)
+        _quant_keys_block(k_ptr, k_scale_ptr, k_min_ptr, k_codes_ptr, n, r // N_DBLK,
+                          r % N_DBLK, H, T, D, NG, stride_l, stride_h, stride_t,
+                          BITS, G, BLOCK_D)
+    else:
+        q = pid - N_KEY_PROGRAMS
+        n = (q // (N_TBLK * NGD)).to(tl.int64)
+        r = q % (N_TBLK * NGD)
+        _quant_values_block(v_ptr, v_scale_ptr, v_min_ptr, v_codes_ptr, n, r // NGD, r % NGD,
+                            H, T, D, NGD, stride_l, stride_h, stride_t, BITS, G, BLOCK_T)
+
+
+@triton.jit
+def _kivi_dequant_kernel(
+    k_scale_ptr, k_min_ptr, k_codes_ptr, v_scale_ptr, v_min_ptr, v_codes_ptr, k_out, v_out,
+    H, T, D, NG, NGD, N_DBLK, N_TBLK, N_KEY_PROGRAMS, stride_l, stride_h, stride_t,
+    BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    SOFT_BF16: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if pid < N_KEY_PROGRAMS:
+        n = (pid // (NG * N_DBLK)).to(tl.int64)
+        r = pid % (NG * N_DBLK)
+        _dequant_keys_block(k_scale_ptr, k_min_ptr, k_codes_ptr, k_out, n, r // N_DBLK,
+                            r % N_DBLK, H, T, D, NG, stride_l, stride_h, stride_t,
+                            BITS, G, BLOCK_D, SOFT_BF16)
+    else:
+        q = pid - N_KEY_PROGRAMS
+        n = (q // (N_TBLK * NGD)).to(tl.int64)
+        r = q % (N_TBLK * NGD)
+        _dequant_values_block(v_scale_ptr, v_min_ptr, v_codes_ptr, v_out, n, r // NGD, r % NGD,
+                              H, T, D, NGD, stride_l, stride_h, stride_t, BITS, G, BLOCK_T,
+                              SOFT_BF16)
+
+
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -349,22 +395,15 @@ def kivi_quantize(x: torch.Tensor, bits: int, group_size: int = 32,
     """Quantize an LKHTD chunk x (fp16/bf16/fp32, finite, |x| <= 65504) into a new 1-D uint8
     payload on x's device (layout in the module docstring). x is not modified."""
     lay = _check_input(x, bits, group_size)
-    if select_backend(backend, x.device, _kivi_quant_keys_kernel) == "torch":
+    if select_backend(backend, x.device, _kivi_quant_kernel) == "torch":
         return kivi_quantize_ref(x, bits, group_size)
     payload = torch.empty(lay.nbytes, dtype=torch.uint8, device=x.device)
-    k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     k_in, v_in = _kv_views(x)
-    G = group_size
-    block_d, block_t = _blocks(lay)
-    _kivi_quant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
-        k_in, k_scale, k_min, k_codes,
-        lay.H, lay.T, lay.D, lay.ng, *k_in.stride()[:3],
-        BITS=bits, G=G, BLOCK_D=block_d, num_warps=LAUNCH["keys_warps"],
-    )
-    _kivi_quant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
-        v_in, v_scale, v_min, v_codes,
-        lay.H, lay.T, lay.D, lay.ngd, *v_in.stride()[:3],
-        BITS=bits, G=G, BLOCK_T=block_t, num_warps=LAUNCH["values_warps"],
+    grid, sizes, blocks = _grid(lay)
+    k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
+    _kivi_quant_kernel[grid](
+        k_in, v_in, k_scale, k_min, k_codes, v_scale, v_min, v_codes, *sizes, *k_in.stride()[:3],
+        BITS=bits, G=group_size, **blocks, num_warps=LAUNCH["num_warps"],
     )
     return payload
 
@@ -376,24 +415,17 @@ def kivi_dequantize(
     """Decode a KIVI payload (1-D uint8 on any device) into a new contiguous LKHTD tensor of
     `shape` and `dtype` on the payload's device."""
     lay = _check_payload(payload, shape, bits, group_size, dtype)
-    if select_backend(backend, payload.device, _kivi_dequant_keys_kernel) == "torch":
+    if select_backend(backend, payload.device, _kivi_dequant_kernel) == "torch":
         return kivi_dequantize_ref(payload, shape, bits, group_size, dtype)
-    k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     out = torch.empty(tuple(shape), dtype=dtype, device=payload.device)
     soft_bf16 = dtype == torch.bfloat16 and payload.device.type != "cuda"
     k_out, v_out = _kv_views(out.view(torch.int16) if soft_bf16 else out)
-    G = group_size
-    block_d, block_t = _blocks(lay)
-    _kivi_dequant_keys_kernel[(lay.L * lay.H, lay.ng, triton.cdiv(lay.D, block_d))](
-        k_scale, k_min, k_codes, k_out,
-        lay.H, lay.T, lay.D, lay.ng, *k_out.stride()[:3],
-        BITS=bits, G=G, BLOCK_D=block_d, SOFT_BF16=soft_bf16, num_warps=LAUNCH["keys_warps"],
-    )
-    _kivi_dequant_values_kernel[(lay.L * lay.H, triton.cdiv(lay.T, block_t), lay.ngd)](
-        v_scale, v_min, v_codes, v_out,
-        lay.H, lay.T, lay.D, lay.ngd, *v_out.stride()[:3],
-        BITS=bits, G=G, BLOCK_T=block_t, SOFT_BF16=soft_bf16,
-        num_warps=LAUNCH["values_warps"],
+    grid, sizes, blocks = _grid(lay)
+    k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
+    _kivi_dequant_kernel[grid](
+        k_scale, k_min, k_codes, v_scale, v_min, v_codes, k_out, v_out, *sizes,
+        *k_out.stride()[:3],
+        BITS=bits, G=group_size, **blocks, SOFT_BF16=soft_bf16, num_warps=LAUNCH["num_warps"],
     )
     return out
 
@@ -403,12 +435,16 @@ def _kv_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, 0], x[:, 1]
 
 
-def _blocks(lay: KiviLayout) -> tuple[int, int]:
-    """(BLOCK_D of the key kernels, BLOCK_T of the value kernels) from LAUNCH."""
+def _grid(lay: KiviLayout) -> tuple[tuple[int], tuple[int, ...], dict[str, int]]:
+    """(1-D grid, the size arguments H..N_KEY_PROGRAMS, BLOCK_D/BLOCK_T) from LAUNCH."""
     G = lay.group_size
     block_d = min(triton.next_power_of_2(lay.D), max(16, LAUNCH["keys_tile"] // G))
     block_t = max(1, min(triton.next_power_of_2(lay.T), LAUNCH["values_tile"] // G))
-    return block_d, block_t
+    n_dblk, n_tblk = triton.cdiv(lay.D, block_d), triton.cdiv(lay.T, block_t)
+    n_key = lay.L * lay.H * lay.ng * n_dblk
+    n_val = lay.L * lay.H * n_tblk * lay.ngd
+    sizes = (lay.H, lay.T, lay.D, lay.ng, lay.ngd, n_dblk, n_tblk, n_key)
+    return (n_key + n_val,), sizes, {"BLOCK_D": block_d, "BLOCK_T": block_t}
 
 
 # ----------------------------------------------------------------------------- torch reference
