@@ -13,8 +13,25 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float, what: str,
+             interval_s: float = 0.05, error: type[Exception] = TimeoutError) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned); raise ``error`` naming
+    ``what`` at the deadline. Polling with a deadline, never a bare sleep (tests, chaos, CLI)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -19,7 +19,6 @@ _OUTER_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET")
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import random
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ import xxhash
 
 from kvstore.chunk import ChunkInfo, checksum
 from kvstore.config import NodeConfig
+from kvstore.procs import wait_for
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -40,14 +40,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def _wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0,
                 what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy (returned); fail at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
+    return wait_for(predicate, timeout_s, what, 0.005, error=AssertionError)
 
 
 @pytest.fixture

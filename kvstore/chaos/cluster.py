@@ -22,36 +22,23 @@ import logging
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kvstore import procs
 from kvstore.chaos.proxy import LinkProxy, ProxyHub
 from kvstore.cluster.membership import DEFAULT_PREFIX
+from kvstore.procs import wait_for
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 HEARTBEAT_TTL_S = 1.5
 NODE_ARGS = ("--gpu-device", "none", "--cpu-capacity-bytes", "4MiB", "--page-bytes", "4KiB",
              "--max-chunk-bytes", "1MiB", "--disk-capacity-bytes", "48MiB",
              "--disk-admission", "write-through", "--metrics-port", "-1")
 
-
-def wait_for(predicate: Callable[[], T], timeout_s: float, what: str,
-             interval_s: float = 0.05) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); raise at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class Tmpfs:

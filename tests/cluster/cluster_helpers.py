@@ -21,14 +21,7 @@ TTL_S = 1.5
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
              interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
+    return procs.wait_for(predicate, timeout_s, what, interval_s, error=AssertionError)
 
 
 async def await_for(predicate: Callable[[], Any], timeout_s: float, what: str,
