@@ -7,6 +7,7 @@ what is allowed. Nothing is silently "fixed". Sizes accept integers or strings l
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -98,6 +99,9 @@ class NodeConfig:
     tls_ca: str = ""                      # PEM CA this node trusts when it dials other nodes
     auth_tokens_file: str = ""            # JSON/YAML: token (sha256) -> tenant and role
     peer_token_file: str = ""             # file holding the token this node presents to peers
+    # A node on a non-loopback host needs TLS (tls_cert) and tokens (auth_tokens_file) unless
+    # this is set: plaintext without auth only by explicit choice (a trusted, isolated network)
+    insecure: bool = False
     # tenant -> {"quota_bytes": N, "share_with": [tenants allowed to read its chunks]}
     tenants: Mapping[str, Any] = field(default_factory=dict)
 
@@ -170,6 +174,14 @@ class NodeConfig:
                       "CPU tier file holds every tenant's chunks and any process of the node's "
                       "user could map it")
         object.__setattr__(self, "tenants", _check_tenants(self.tenants))
+        if not self.insecure and not _loopback(self.host):
+            missing = [n for n in ("tls_cert", "auth_tokens_file") if not getattr(self, n)]
+            if missing:
+                raise bad("host", f"is not a loopback address, so others can reach this node, "
+                          f"but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                          "not set: set tls_cert/tls_key and auth_tokens_file "
+                          "(docs/SECURITY.md), or insecure: true (--insecure) to serve "
+                          "plaintext without tokens on a trusted network")
 
     @property
     def resolved_node_id(self) -> str:
@@ -223,6 +235,16 @@ def _check_tenants(tenants: Any) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{where}.share_with={share!r}: expected a list of tenant names")
         out[name] = {"quota_bytes": quota, "share_with": tuple(share)}
     return out
+
+
+def _loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only this machine can connect (the embedded default)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}

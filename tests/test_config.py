@@ -220,3 +220,23 @@ def test_missing_file(tmp_path):
 def test_resolved_node_id():
     assert NodeConfig(port=7000, data_port=7001).resolved_node_id == "127.0.0.1:7000"
     assert NodeConfig(node_id="n1").resolved_node_id == "n1"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.12", "::1", "localhost"])
+def test_loopback_hosts_need_no_security(host):
+    assert NodeConfig(host=host).insecure is False  # the embedded local default
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.7", "::", "kvstore-0.kvstore-headless"])
+def test_reachable_hosts_need_tls_and_tokens_or_an_explicit_insecure(host):
+    with pytest.raises(ConfigError, match=r"host=.*tls_cert and auth_tokens_file are not set"):
+        NodeConfig(host=host)
+    with pytest.raises(ConfigError, match=r"auth_tokens_file is not set"):
+        NodeConfig(host=host, tls_cert="/c.pem", tls_key="/k.pem")
+    with pytest.raises(ConfigError, match=r"tls_cert is not set"):
+        NodeConfig(host=host, auth_tokens_file="/tokens.yaml")
+    secured = NodeConfig(host=host, tls_cert="/c.pem", tls_key="/k.pem",
+                         auth_tokens_file="/tokens.yaml")
+    assert secured.host == host and not secured.insecure
+    assert NodeConfig(host=host, insecure=True).insecure  # said explicitly: allowed
+    assert load_config(env={"KVSTORE_HOST": host, "KVSTORE_INSECURE": "true"}).insecure

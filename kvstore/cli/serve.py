@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-data-plane", dest="data_plane", action="store_const", const=False,
                    default=None, help="serve chunk bytes over gRPC streams only")
     p.add_argument("--fsync", dest="fsync", action="store_const", const=True, default=None)
+    p.add_argument("--insecure", dest="insecure", action="store_const", const=True,
+                   default=None, help="serve plaintext without tokens on a non-loopback host "
+                   "(a trusted network only; docs/SECURITY.md)")
     p.add_argument("--shared-memory", dest="shared_memory", action="store_const", const=True,
                    default=None, help="keep the CPU tier in a /dev/shm file that co-located "
                    "clients (same user) copy chunks out of")
@@ -68,7 +71,7 @@ def parse_tier_codecs(items: list[str]) -> dict[str, str]:
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     overrides = {name: getattr(args, name)
-                 for name in list(_FLAGS) + ["data_plane", "fsync", "shared_memory"]}
+                 for name in [*_FLAGS, "data_plane", "fsync", "shared_memory", "insecure"]}
     if args.model:
         overrides["models"] = [parse_model(m) for m in args.model]
     if getattr(args, "tier_codec", None):

@@ -30,6 +30,18 @@ from kvstore_client.cluster import ClusterClient
 from kvstore_client.membership import Member
 
 
+def node_settings(host: str, overrides: dict[str, Any], data_dir: str) -> dict[str, Any]:
+    """The settings a StoreNodeActor starts its node with: free ports on the Ray node's address,
+    then ``overrides``. Ray places nodes on the cluster network: without TLS and tokens in
+    ``overrides`` they serve plaintext there, which NodeConfig allows only when asked for, so
+    this asks for it (insecure: true; a warning says so at start) unless overrides decide."""
+    settings = {"host": host, "port": 0, "data_port": 0, "metrics_port": 0,
+                "gpu_device": "none", "data_dir": data_dir, **overrides}
+    if not (settings.get("tls_cert") and settings.get("auth_tokens_file")):
+        settings.setdefault("insecure", True)
+    return settings
+
+
 class StoreNodeActor:
     """One store node inside a Ray actor process (wrapped with ray.remote at start-up)."""
 
@@ -39,9 +51,7 @@ class StoreNodeActor:
         from kvstore.server.node import NodeThread
 
         host = ray.util.get_node_ip_address()
-        settings = {"host": host, "port": 0, "data_port": 0, "metrics_port": 0,
-                    "gpu_device": "none",
-                    "data_dir": tempfile.mkdtemp(prefix="kvstore-ray-"), **overrides}
+        settings = node_settings(host, overrides, tempfile.mkdtemp(prefix="kvstore-ray-"))
         self.config = load_config(env={}, overrides=settings)
         self._thread = NodeThread(self.config)
         node = self._thread.start()

@@ -120,8 +120,8 @@ class StoreNode:
 def _warn_if_exposed(cfg: NodeConfig, auth: bool) -> None:
     """Security is off only in the embedded local default; say so when a node runs without it
     where others can reach it, or sends tokens in the clear."""
-    if not auth and cfg.host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("kvstore node on %s without auth_tokens_file: anyone who can reach it can "
+    if not auth and cfg.insecure:
+        log.warning("kvstore node on %s with insecure: true: anyone who can reach it can "
                     "read, write and delete every chunk (docs/SECURITY.md)", cfg.host)
     if auth and not cfg.tls_cert:
         log.warning("auth is on but TLS is off: tokens and session ids cross the network in "

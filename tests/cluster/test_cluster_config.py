@@ -36,10 +36,11 @@ def test_flags_and_environment_set_the_cluster_settings():
     serve.add_arguments(p)
     args = p.parse_args(["--redis-url", "redis://10.0.0.5:6379", "--host", "0.0.0.0",
                          "--advertise-host", "10.0.0.7", "--capacity-weight", "2.5",
-                         "--replication", "1", "--rebalance-bytes-per-s", "8MiB"])
+                         "--replication", "1", "--rebalance-bytes-per-s", "8MiB",
+                         "--insecure"])
     c = serve.config_from_args(args)
-    assert (c.redis_url, c.advertise_host, c.capacity_weight, c.replication) == (
-        "redis://10.0.0.5:6379", "10.0.0.7", 2.5, 1)
+    assert (c.redis_url, c.advertise_host, c.capacity_weight, c.replication, c.insecure) == (
+        "redis://10.0.0.5:6379", "10.0.0.7", 2.5, 1, True)
     assert c.rebalance_bytes_per_s == 8 << 20
     env = load_config(env={"KVSTORE_HEARTBEAT_TTL_S": "2.5", "KVSTORE_DRAIN_TIMEOUT_S": "7"})
     assert (env.heartbeat_ttl_s, env.drain_timeout_s) == (2.5, 7.0)

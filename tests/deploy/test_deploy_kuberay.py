@@ -39,10 +39,11 @@ def _cluster() -> tuple[list[dict], dict, dict, dict]:
 
 def _actor_config(mod: ModuleType):
     """The config a StoreNodeActor builds: its own defaults, then the script's settings."""
+    from kvstore.cluster.ray_nodes import node_settings
+
     args = mod.build_parser().parse_args(_entrypoint()[2:])
-    settings = {"host": "10.0.0.7", "port": 0, "data_port": 0, "gpu_device": "none",
-                "data_dir": "/tmp/x", **mod.node_config(args)}
-    return load_config(env={}, overrides=settings)
+    return load_config(env={}, overrides=node_settings("10.0.0.7", mod.node_config(args),
+                                                       "/tmp/x"))
 
 
 def _entrypoint() -> list[str]:

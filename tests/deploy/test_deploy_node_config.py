@@ -338,7 +338,7 @@ def test_overlays_only_add_their_own_settings(tmp_path: Path,
     """An overlay changes the GPU or security settings, never ports, Redis or sizes."""
     own = {"overlays/gpu": {"gpu_device", "gpu_capacity_bytes"},
            "overlays/tls": {"tls_cert", "tls_key", "tls_client_ca", "tls_ca",
-                            "auth_tokens_file", "peer_token_file"}}
+                            "auth_tokens_file", "peer_token_file", "insecure"}}
     own["overlays/gpu-tls"] = own["overlays/gpu"] | own["overlays/tls"]
     base = node_pod("base", tmp_path, monkeypatch).config
     for rel, allowed in own.items():
