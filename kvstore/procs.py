@@ -6,6 +6,7 @@ connections, and stopped with SIGTERM then SIGKILL.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -32,6 +33,22 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             raise error(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def run_client_processes(target: Callable[..., None], case: object, clients: int,
+                         timeout_s: float = 600.0) -> list:
+    """Run ``target(case, rank, barrier, out)`` in ``clients`` spawned processes that start
+    together at ``barrier`` and each put one result on ``out``; the results (in arrival order).
+    Benchmarks use processes, not threads: one Python client per core, as workers would."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(clients), ctx.Queue()
+    workers = [ctx.Process(target=target, args=(case, r, barrier, out)) for r in range(clients)]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=timeout_s) for _ in workers]
+    for w in workers:
+        w.join()
+    return results
 
 
 def free_port(host: str = "127.0.0.1") -> int:

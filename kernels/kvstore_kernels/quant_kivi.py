@@ -132,14 +132,9 @@ class KiviLayout:
 
     def views(self, payload: torch.Tensor) -> dict[str, torch.Tensor]:
         """Typed, shaped views of the six sections of `payload` (no copies)."""
-        out, off = {}, 0
-        for name, shape in self.section_shapes().items():
-            itemsize = 1 if name.endswith("codes") else 2
-            n = math.prod(shape) * itemsize
-            part = payload[off : off + n]
-            out[name] = (part if itemsize == 1 else part.view(torch.float16)).view(shape)
-            off += n
-        return out
+        flat = dict(zip(("k_scale", "k_min", "v_scale", "v_min", "k_codes", "v_codes"),
+                        self.flat_views(payload), strict=True))
+        return {name: flat[name].view(shape) for name, shape in self.section_shapes().items()}
 
 
 def kivi_layout(shape: tuple[int, ...] | list[int] | torch.Size, bits: int,

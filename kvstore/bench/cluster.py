@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -120,15 +119,7 @@ def _client_main(case: Case, rank: int, barrier: object, out: object) -> None:
 
 
 def run_case(case: Case) -> dict[str, float]:
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(case.clients), ctx.Queue()
-    workers = [ctx.Process(target=_client_main, args=(case, r, barrier, out))
-               for r in range(case.clients)]
-    for w in workers:
-        w.start()
-    results = [out.get(timeout=600) for _ in workers]
-    for w in workers:
-        w.join()
+    results = procs.run_client_processes(_client_main, case, case.clients)
     row: dict[str, float] = {}
     total = case.chunk_bytes * case.chunks * case.clients
     for op in ("put", "get"):

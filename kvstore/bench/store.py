@@ -165,15 +165,7 @@ def _connect(case: Case, payload: object):  # noqa: ANN202 - returns three closu
 
 
 def run_case(case: Case) -> dict[str, dict[str, float]]:
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(case.clients), ctx.Queue()
-    workers = [ctx.Process(target=_client_main, args=(case, r, barrier, out))
-               for r in range(case.clients)]
-    for w in workers:
-        w.start()
-    results = [out.get(timeout=600) for _ in workers]
-    for w in workers:
-        w.join()
+    results = procs.run_client_processes(_client_main, case, case.clients)
     summary = {}
     for op in ("put", "get"):
         start = min(r[op][0] for _, r in results)

@@ -121,3 +121,13 @@ def settled(redis_url: str, node_ids: set[str], epoch: int) -> bool:
     """Every node published that its rebalancer processed ``epoch`` (or later) and is idle."""
     stats = rebalance_stats(redis_url)
     return all(n in stats and stats[n]["epoch"] >= epoch and stats[n]["idle"] for n in node_ids)
+
+
+def holders(nodes, keys) -> list[set[str]]:
+    """Which nodes hold each key, asked of every node directly (not through the cluster)."""
+    out: list[set[str]] = [set() for _ in keys]
+    for n in nodes:
+        for i, e in enumerate(n.core.manager.lookup(keys)):
+            if e is not None:
+                out[i].add(n.address)
+    return out

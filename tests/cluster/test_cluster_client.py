@@ -8,30 +8,12 @@ import time
 
 import pytest
 import torch
-from cluster_helpers import random_chunks, same_bytes
+from cluster_helpers import holders, random_chunks, same_bytes
 
 from kvstore.errors import Unavailable
 from kvstore_client import KVStoreClient
 from kvstore_client.cluster import AsyncClusterClient, ClusterClient
 from kvstore_client.membership import DRAINING, Member, build_ring
-
-
-@pytest.fixture
-def three(start_node, node_config, tmp_path):
-    nodes = [start_node(node_config(data_dir=str(tmp_path / f"n{i}"), page_bytes=16 << 10,
-                                    cpu_capacity_bytes=32 << 20, max_chunk_bytes=1 << 20))
-             for i in range(3)]
-    return nodes, [Member(n.address, n.address) for n in nodes]
-
-
-def holders(nodes, keys) -> list[set[str]]:
-    """Which nodes hold each key, asked of every node directly (not through the cluster)."""
-    out = [set() for _ in keys]
-    for n in nodes:
-        for i, e in enumerate(n.core.manager.lookup(keys)):
-            if e is not None:
-                out[i].add(n.address)
-    return out
 
 
 def test_replication_2_writes_both_candidates_and_reads_back_exactly(three, scheme):

@@ -8,7 +8,7 @@ import dataclasses
 import random
 
 import pytest
-from cluster_helpers import random_chunks, same_bytes
+from cluster_helpers import holders, random_chunks, same_bytes
 
 from kvstore.cluster.rebalance import (
     DRAIN,
@@ -120,26 +120,9 @@ def test_token_bucket_bounds_bytes_by_burst_plus_rate_times_time():
     assert sent / now[0] == pytest.approx(1000, rel=0.05)  # and it does not under-use the rate
 
 
-@pytest.fixture
-def cluster(start_node, node_config, tmp_path):
-    nodes = [start_node(node_config(data_dir=str(tmp_path / f"n{i}"), page_bytes=16 << 10,
-                                    cpu_capacity_bytes=32 << 20, max_chunk_bytes=1 << 20))
-             for i in range(3)]
-    return nodes, [Member(n.address, n.address) for n in nodes]
-
-
-def where(nodes, keys) -> list[set[str]]:
-    out = [set() for _ in keys]
-    for n in nodes:
-        for i, e in enumerate(n.core.manager.lookup(keys)):
-            if e is not None:
-                out[i].add(n.address)
-    return out
-
-
 @pytest.mark.parametrize("replication", [2, 1])
-async def test_join_copies_changed_keys_at_the_limit_then_releases(cluster, scheme, replication):
-    nodes, members = cluster
+async def test_join_copies_changed_keys_at_the_limit_then_releases(three, scheme, replication):
+    nodes, members = three
     keys, data = random_chunks(120, seed=21, min_bytes=8 << 10, max_bytes=8 << 10)
     async with await AsyncClusterClient.connect(scheme, members[:2],
                                                 replication=replication) as c:
@@ -153,7 +136,7 @@ async def test_join_copies_changed_keys_at_the_limit_then_releases(cluster, sche
         assert all(await asyncio.gather(*(r.run_pass(old, new) for r in movers)))
         new_pairs = build_ring(members).candidates_many(keys)
         to_new = sum(members[2].node_id in p for p in new_pairs)
-        held = where(nodes, keys)
+        held = holders(nodes, keys)
         if replication == 2:
             assert held == [set(p) for p in new_pairs]  # new owners filled, old copies released
             assert sum(r.stats.keys_copied for r in movers) == to_new  # each sent exactly once
@@ -174,12 +157,12 @@ async def test_join_copies_changed_keys_at_the_limit_then_releases(cluster, sche
             await r.close()
 
 
-async def test_a_node_restarted_in_place_is_refilled(cluster, scheme):
-    nodes, members = cluster
+async def test_a_node_restarted_in_place_is_refilled(three, scheme):
+    nodes, members = three
     keys, data = random_chunks(80, seed=23)
     async with await AsyncClusterClient.connect(scheme, members) as c:
         await c.put_many(keys, data)
-    share = where(nodes, keys)
+    share = holders(nodes, keys)
     restarted = nodes[2].core.manager
     restarted.delete([k for k, _, _ in restarted.keys()])  # its memory is gone
     again = dataclasses.replace(members[2], incarnation="2")
@@ -191,12 +174,12 @@ async def test_a_node_restarted_in_place_is_refilled(cluster, scheme):
     finally:
         for r in movers:
             await r.close()
-    assert where(nodes, keys) == share  # the same placement as before the restart
+    assert holders(nodes, keys) == share  # the same placement as before the restart
     assert sum(r.stats.keys_copied for r in movers) == len(restarted.keys())
 
 
-async def test_drain_empties_the_node_and_keeps_every_key(cluster, scheme):
-    nodes, members = cluster
+async def test_drain_empties_the_node_and_keeps_every_key(three, scheme):
+    nodes, members = three
     keys, data = random_chunks(80, seed=22)
     async with await AsyncClusterClient.connect(scheme, members) as c:
         await c.put_many(keys, data)
@@ -209,6 +192,6 @@ async def test_drain_empties_the_node_and_keeps_every_key(cluster, scheme):
         await mover.close()
     assert nodes[2].core.manager.keys() == []
     pairs = build_ring(members[:2]).candidates_many(keys)
-    assert where(nodes, keys) == [set(p) for p in pairs]
+    assert holders(nodes, keys) == [set(p) for p in pairs]
     async with await AsyncClusterClient.connect(scheme, members[:2], transition_s=0.0) as c:
         assert same_bytes(await c.get_many(keys), data) == []
