@@ -136,25 +136,32 @@ def _codecs(bits_group: int):
         "fp8-e4m3": (lambda x: fp8.fp8_quantize(x, backend="triton"),
                      lambda p, s, d: fp8.fp8_dequantize(p, s, d, backend="triton"),
                      fp8.fp8_quantize_ref, fp8.fp8_dequantize_ref),
-        **{f"kivi-int{b}": (
-            lambda x, b=b: quant_kivi.kivi_quantize(x, b, g, backend="triton"),
-            lambda p, s, d, b=b: quant_kivi.kivi_dequantize(p, s, b, g, d, backend="triton"),
-            lambda x, b=b: quant_kivi.kivi_quantize_ref(x, b, g),
-            lambda p, s, d, b=b: quant_kivi.kivi_dequantize_ref(p, s, b, g, d),
-        ) for b in (4, 2)},
+        # "kivi-intN" rotates keys (the codec's default, hadamard.py); "norot" does not.
+        **{f"kivi-int{b}{suffix}": (
+            lambda x, b=b, r=r: quant_kivi.kivi_quantize(x, b, g, backend="triton",
+                                                         rotate_keys=r),
+            lambda p, s, d, b=b, r=r: quant_kivi.kivi_dequantize(p, s, b, g, d, backend="triton",
+                                                                 rotate_keys=r),
+            lambda x, b=b, r=r: quant_kivi.kivi_quantize_ref(x, b, g, rotate_keys=r),
+            lambda p, s, d, b=b, r=r: quant_kivi.kivi_dequantize_ref(p, s, b, g, d,
+                                                                     rotate_keys=r),
+        ) for b in (4, 2) for r, suffix in ((True, ""), (False, " norot"))},
     }
 
 
-def _check(x: torch.Tensor, quant, dequant, ref_quant, ref_dequant) -> tuple[bool, str]:
+def _check(x: torch.Tensor, quant, dequant, ref_quant, ref_dequant,
+           terms: int = 1) -> tuple[bool, str]:
     """Kernel vs reference. Exact equality is not expected on a GPU: the compiler contracts
     multiply-adds into FMAs, so a code at a rounding boundary may differ by one step and a decoded
-    value by one ulp. Allowed: <= 0.1% of payload bytes differ; decoded values within one ulp."""
+    value by one ulp. Allowed: <= 0.1% of payload bytes differ; decoded values within one ulp
+    (near zero: fp32 ulps of the largest input times `terms`, the length of the rotation's sums,
+    which tensor cores add in another order)."""
     payload, expected = quant(x), ref_quant(x)
     diff_bytes = (payload != expected).float().mean().item()
     out, ref_out = dequant(expected, x.shape, x.dtype), ref_dequant(expected, x.shape, x.dtype)
     # One ulp of the output dtype, plus fp32 ulps of the largest term for results near zero.
     ulp = (torch.finfo(x.dtype).eps * ref_out.float().abs()
-           + 4 * torch.finfo(torch.float32).eps * x.float().abs().max())
+           + 4 * terms * torch.finfo(torch.float32).eps * x.float().abs().max())
     bad_values = ((out.float() - ref_out.float()).abs() > ulp).float().mean().item()
     ok = diff_bytes <= 1e-3 and bad_values == 0.0
     return ok, (f"payload bytes differing {diff_bytes:.2e}, decoded values off by more than "
@@ -185,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name, (quant, dequant, ref_quant, ref_dequant) in _codecs(args.group_size).items():
         try:
-            ok, detail = _check(x, quant, dequant, ref_quant, ref_dequant)
+            rotated = name.startswith("kivi") and not name.endswith("norot")
+            ok, detail = _check(x, quant, dequant, ref_quant, ref_dequant,
+                                terms=x.shape[-1] if rotated else 1)
             payload = quant(x)
             cases = (("quantize", lambda q=quant: q(x), nbytes + payload.numel()),
                      ("dequantize", lambda d=dequant, p=payload: d(p, shape, dtype),
@@ -284,6 +293,22 @@ def _tune(x: torch.Tensor, args: argparse.Namespace, time_fn) -> dict[str, Any]:
                                               "time_us": kivi() * 1e6})
         best = min(sweep[f"kivi_{part}"], key=lambda r: r["time_us"])
         quant_kivi.LAUNCH.update({f"{part}_tile": best["tile"], "num_warps": best["num_warps"]})
+    # Rotated keys take a whole group per program (no tile to choose): only the warps.
+    # Rotated keys: groups per program ("tile" in the sweep's rows) x warps.
+    sweep["kivi_rotated"] = []
+    for groups in (1, 2, 4, 8):
+        for warps in WARPS:
+            quant_kivi.LAUNCH.update(rotate_num_warps=warps, rotate_groups=groups)
+            t = sum(both(lambda b=b: quant_kivi.kivi_quantize(x, b, g, backend="triton",
+                                                              rotate_keys=True),
+                         lambda p, b=b: quant_kivi.kivi_dequantize(p, shape, b, g, dtype,
+                                                                   backend="triton",
+                                                                   rotate_keys=True))
+                    for b in (4, 2))
+            sweep["kivi_rotated"].append({"tile": groups, "num_warps": warps,
+                                          "time_us": t * 1e6})
+    best = min(sweep["kivi_rotated"], key=lambda r: r["time_us"])
+    quant_kivi.LAUNCH.update(rotate_num_warps=best["num_warps"], rotate_groups=best["tile"])
     for name, rows in sweep.items():
         print(f"tune {name}: " + "  ".join(f"{r['tile']}/{r['num_warps']}w {r['time_us']:.0f}us"
                                             for r in rows), flush=True)
@@ -294,15 +319,15 @@ def _tune(x: torch.Tensor, args: argparse.Namespace, time_fn) -> dict[str, Any]:
 def _print(rows: list[dict[str, Any]], device: str, shape: tuple[int, ...], dtype: str,
            nbytes: int) -> None:
     print(f"bench_quant_gpu on {device}: chunk {list(shape)} {dtype} = {nbytes / MIB:.1f} MiB")
-    head = (f"{'kernel':<22} {'time_us':>9} {'MiB_moved':>10} {'GB/s':>8} {'share':>6} "
+    head = (f"{'kernel':<28} {'time_us':>9} {'MiB_moved':>10} {'GB/s':>8} {'share':>6} "
             f"{'graph_us':>9} {'g.share':>7} {'strm_us':>8} {'s.share':>7} check")
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
-            print(f"{r['kernel']:<22} {'-':>9} {'-':>10} {'-':>8} {'-':>6} ERROR {r['error']}")
+            print(f"{r['kernel']:<28} {'-':>9} {'-':>10} {'-':>8} {'-':>6} ERROR {r['error']}")
             continue
-        print(f"{r['kernel']:<22} {r['time_us']:>9.1f} {r['bytes_moved'] / MIB:>10.1f} "
+        print(f"{r['kernel']:<28} {r['time_us']:>9.1f} {r['bytes_moved'] / MIB:>10.1f} "
               f"{r['GBps']:>8.1f} {r['share_of_copy']:>6.2f} {r['graph_time_us']:>9.1f} "
               f"{r['graph_share_of_copy']:>7.2f} {r['stream_time_us']:>8.1f} "
               f"{r['stream_share_of_copy']:>7.2f} {r['check']}")

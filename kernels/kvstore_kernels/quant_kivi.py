@@ -11,6 +11,12 @@ For each group with minimum mn and maximum mx:
 Error per element: |x_hat - x| <= 0.51 * (mx - mn) / levels + 2**-10 * max(|mn|, |mx|) + 2**-20,
 plus half an ulp of the output dtype (the 2**-10 and 2**-20 terms are the fp16 rounding of m and s).
 Inputs must be finite with |x| <= 65504 so that m and s fit in fp16; kvstore.codecs checks that.
+Key rotation (rotate_keys=True; the codec's default, key_rotation "hadamard"): keys are first
+rotated by a fixed orthogonal Walsh-Hadamard matrix, y = k R (kvstore_kernels/hadamard.py), the
+groups above are formed over y, and dequantization returns x_hat = y_hat R^T. Same layout and size.
+The bound above then holds per element of y; R is orthogonal, so each key vector's error has L2
+norm at most that of its bounds (plus 2**-11 relative for the fp16 roundings of k before and of
+y_hat before the inverse), and keys must satisfy |k| <= 65504 / sqrt(D). Needs G >= 16.
 T need not be a multiple of G (the last key group is padded, pad codes are 0) and D need not be
 either (value groups are padded up to Dp = ceil(D / G) * G channels). KIVI also keeps the newest R
 tokens in full precision; a stored chunk is immutable, so there is no such residual here.
@@ -30,8 +36,10 @@ block of BLOCK_D channels), loading it as PPB row slices [G/PPB, BLOCK_D] (rows 
 so that the min/max reduction and the packing along tokens stay 2-D; the remaining programs each
 take BLOCK_T tokens of one value channel group, one contiguous [BLOCK_T, G] tile, packing
 neighbouring channels with tl.split (tl.join to unpack) inside a thread's registers.
-Dequantization mirrors both. Interpreted runs write bf16 through _softcvt (the interpreter's bf16
-cast truncates).
+With rotated keys a key program takes all channels of LAUNCH["rotate_groups"] consecutive
+groups (P is loaded once per program) and computes each row slice's rotation with one fp16
+tensor-core tl.dot (rows padded to 16). Dequantization mirrors all of them. Interpreted runs write
+bf16 through _softcvt (the interpreter's bf16 cast truncates).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvstore_kernels import hadamard
 from kvstore_kernels._backend import select_backend, tl, triton
 from kvstore_kernels._softcvt import f32_to_bf16_bits
 from kvstore_kernels.errors import KernelInputError
@@ -51,7 +60,10 @@ KIVI_BITS = (2, 4)
 GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
 # Launch shape: elements per program tile and warps per program. Measured on an H100 with
 # bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
-LAUNCH = {"keys_tile": 1024, "values_tile": 2048, "num_warps": 2}
+LAUNCH = {"keys_tile": 1024, "values_tile": 2048, "num_warps": 2, "rotate_num_warps": 2,
+          "rotate_groups": 8}
+# tl.dot needs at least 16 rows: a rotated key group is one tile of G tokens.
+MIN_ROTATED_GROUP = 16
 
 
 # ----------------------------------------------------------------------------- layout
@@ -223,6 +235,60 @@ def _quant_keys_block(
 
 
 @triton.jit
+def _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t,
+                   G: tl.constexpr, PPB: tl.constexpr):
+    """Rows r of slice j of key group g (token g*G + r*PPB + j), rotated: dot(fp16(k), P) * c.
+    Rows r >= G/PPB pad the tile to tl.dot's 16 rows and are masked."""
+    t = g * G + r * PPB + j
+    mask = (r < G // PPB) & (t < T) & (dv[None, :] < D)
+    x = tl.load(base + t * stride_t + dv[None, :], mask=mask, other=0.0)
+    return tl.dot(x.to(tl.float16), p) * cs[None, :], mask
+
+
+@triton.jit
+def _quant_keys_rot_block(
+    x_ptr, scale_ptr, min_ptr, codes_ptr, rot_ptr, cs_ptr, n, gb,
+    H, T, D, NG, stride_l, stride_h, stride_t,
+    BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+    GROUPS: tl.constexpr,
+):
+    # GROUPS consecutive key groups, all channels each (the rotation mixes a token's channels).
+    # P (32 KiB at D = 128) is loaded once per program, not once per group: per group it was 4x
+    # the group's own bytes. Like the unrotated kernel, each group is PPB row slices [G/PPB, D]
+    # (one tl.dot each) so that min/max and packing stay 2-D in the dot's layout; the second
+    # pass recomputes the dots rather than keep PPB tiles live.
+    PPB: tl.constexpr = 8 // BITS
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    dv = tl.arange(0, BLOCK_D)
+    d_ok = dv < D
+    r = tl.arange(0, ROWS)[:, None]
+    base = x_ptr + (n // H) * stride_l + (n % H) * stride_h
+    p = tl.load(rot_ptr + dv[:, None] * BLOCK_D + dv[None, :])
+    cs = tl.load(cs_ptr + dv)
+    for gi in range(GROUPS):
+        g = gb * GROUPS + gi
+        mn_rows = tl.full([ROWS, BLOCK_D], float("inf"), tl.float32)
+        mx_rows = tl.full([ROWS, BLOCK_D], float("-inf"), tl.float32)
+        for j in tl.static_range(PPB):
+            y, mask = _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t, G, PPB)
+            mn_rows = tl.minimum(mn_rows, tl.where(mask, y, float("inf")))
+            mx_rows = tl.maximum(mx_rows, tl.where(mask, y, float("-inf")))
+        mn = tl.min(mn_rows, axis=0)
+        mx = tl.max(mx_rows, axis=0)
+        ok = d_ok & ((dv * 0 + g) < NG)  # a vector: the interpreter refuses a scalar mask
+        m, s, inv = _group_params(tl.where(ok, mn, 0.0), tl.where(ok, mx, 0.0), LEVELS)
+        packed = tl.zeros([ROWS, BLOCK_D], tl.int32)
+        for j in tl.static_range(PPB):
+            y, mask = _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t, G, PPB)
+            q = tl.where(mask, _quant(y, m[None, :], inv[None, :], LEVELS), 0)
+            packed = packed | (q << (j * BITS))
+        code_offs = ((n * NG + g) * (G // PPB) + r) * D + dv[None, :]
+        tl.store(codes_ptr + code_offs, packed.to(tl.uint8), mask=(r < G // PPB) & ok[None, :])
+        tl.store(scale_ptr + (n * NG + g) * D + dv, s.to(tl.float16), mask=ok)
+        tl.store(min_ptr + (n * NG + g) * D + dv, m.to(tl.float16), mask=ok)
+
+
+@triton.jit
 def _pack_rows(q, BLOCK_T: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr):
     """[BLOCK_T, G] codes -> [BLOCK_T, G / PPB] bytes, channel r*PPB + j at bits j*BITS."""
     if BITS == 4:
@@ -312,6 +378,38 @@ def _dequant_keys_block(
 
 
 @triton.jit
+def _dequant_keys_rot_block(
+    scale_ptr, min_ptr, codes_ptr, rot_ptr, cs_ptr, out_ptr, n, gb,
+    H, T, D, NG, stride_l, stride_h, stride_t,
+    BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+    GROUPS: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    PPB: tl.constexpr = 8 // BITS
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    dv = tl.arange(0, BLOCK_D)
+    d_ok = dv < D
+    r = tl.arange(0, ROWS)[:, None]
+    base = out_ptr + (n // H) * stride_l + (n % H) * stride_h
+    pt = tl.load(rot_ptr + dv[None, :] * BLOCK_D + dv[:, None])  # P^T
+    cs = tl.load(cs_ptr + dv)
+    for gi in range(GROUPS):
+        g = gb * GROUPS + gi
+        ok = d_ok & ((dv * 0 + g) < NG)  # a vector: the interpreter refuses a scalar mask
+        code_offs = ((n * NG + g) * (G // PPB) + r) * D + dv[None, :]
+        b = tl.load(codes_ptr + code_offs, mask=(r < G // PPB) & ok[None, :], other=0)
+        b = b.to(tl.int32)
+        s = tl.load(scale_ptr + (n * NG + g) * D + dv, mask=ok, other=0.0).to(tl.float32)
+        m = tl.load(min_ptr + (n * NG + g) * D + dv, mask=ok, other=0.0).to(tl.float32)
+        for j in tl.static_range(PPB):  # token r*PPB + j from bits j*BITS of byte row r
+            y = m[None, :] + ((b >> (j * BITS)) & LEVELS).to(tl.float32) * s[None, :]
+            yc = tl.minimum(tl.maximum(y * cs[None, :], -65504.0), 65504.0)  # finite if hostile
+            k = tl.dot(yc.to(tl.float16), pt)
+            t = g * G + r * PPB + j
+            _store_f32(base + t * stride_t + dv[None, :], k,
+                       (r < G // PPB) & (t < T) & d_ok[None, :], SOFT_BF16)
+
+
+@triton.jit
 def _dequant_values_block(
     scale_ptr, min_ptr, codes_ptr, out_ptr, n, p1, p2,
     H, T, D, NGD, stride_l, stride_h, stride_t,
@@ -338,8 +436,10 @@ def _dequant_values_block(
 @triton.jit
 def _kivi_quant_kernel(
     k_ptr, v_ptr, k_scale_ptr, k_min_ptr, k_codes_ptr, v_scale_ptr, v_min_ptr, v_codes_ptr,
+    rot_ptr, cs_ptr,
     H, T, D, NG, NGD, N_DBLK, N_TBLK, N_KEY_PROGRAMS, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    ROTATE: tl.constexpr, ROWS: tl.constexpr, GROUPS: tl.constexpr,
 ):
     # One launch for both halves (key groups: programs [0, N_KEY_PROGRAMS), value groups: the
     # rest): a launch costs ~40 us of host time, as much as the kernels' own time on a 64 MiB
@@ -348,9 +448,14 @@ def _kivi_quant_kernel(
     if pid < N_KEY_PROGRAMS:
         n = (pid // (NG * N_DBLK)).to(tl.int64)
         r = pid % (NG * N_DBLK)
-        _quant_keys_block(k_ptr, k_scale_ptr, k_min_ptr, k_codes_ptr, n, r // N_DBLK,
-                          r % N_DBLK, H, T, D, NG, stride_l, stride_h, stride_t,
-                          BITS, G, BLOCK_D)
+        if ROTATE:  # N_DBLK = number of GROUPS-group blocks per head: see _grid
+            _quant_keys_rot_block(k_ptr, k_scale_ptr, k_min_ptr, k_codes_ptr, rot_ptr, cs_ptr,
+                                  (pid // N_DBLK).to(tl.int64), pid % N_DBLK, H, T, D, NG,
+                                  stride_l, stride_h, stride_t, BITS, G, BLOCK_D, ROWS, GROUPS)
+        else:
+            _quant_keys_block(k_ptr, k_scale_ptr, k_min_ptr, k_codes_ptr, n, r // N_DBLK,
+                              r % N_DBLK, H, T, D, NG, stride_l, stride_h, stride_t,
+                              BITS, G, BLOCK_D)
     else:
         q = pid - N_KEY_PROGRAMS
         n = (q // (N_TBLK * NGD)).to(tl.int64)
@@ -362,17 +467,24 @@ def _kivi_quant_kernel(
 @triton.jit
 def _kivi_dequant_kernel(
     k_scale_ptr, k_min_ptr, k_codes_ptr, v_scale_ptr, v_min_ptr, v_codes_ptr, k_out, v_out,
+    rot_ptr, cs_ptr,
     H, T, D, NG, NGD, N_DBLK, N_TBLK, N_KEY_PROGRAMS, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
-    SOFT_BF16: tl.constexpr,
+    SOFT_BF16: tl.constexpr, ROTATE: tl.constexpr, ROWS: tl.constexpr, GROUPS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if pid < N_KEY_PROGRAMS:
         n = (pid // (NG * N_DBLK)).to(tl.int64)
         r = pid % (NG * N_DBLK)
-        _dequant_keys_block(k_scale_ptr, k_min_ptr, k_codes_ptr, k_out, n, r // N_DBLK,
-                            r % N_DBLK, H, T, D, NG, stride_l, stride_h, stride_t,
-                            BITS, G, BLOCK_D, SOFT_BF16)
+        if ROTATE:
+            _dequant_keys_rot_block(k_scale_ptr, k_min_ptr, k_codes_ptr, rot_ptr, cs_ptr, k_out,
+                                    (pid // N_DBLK).to(tl.int64), pid % N_DBLK, H, T, D, NG,
+                                    stride_l, stride_h, stride_t, BITS, G, BLOCK_D, ROWS, GROUPS,
+                                    SOFT_BF16)
+        else:
+            _dequant_keys_block(k_scale_ptr, k_min_ptr, k_codes_ptr, k_out, n, r // N_DBLK,
+                                r % N_DBLK, H, T, D, NG, stride_l, stride_h, stride_t,
+                                BITS, G, BLOCK_D, SOFT_BF16)
     else:
         q = pid - N_KEY_PROGRAMS
         n = (q // (N_TBLK * NGD)).to(tl.int64)
@@ -386,41 +498,44 @@ def _kivi_dequant_kernel(
 
 
 def kivi_quantize(x: torch.Tensor, bits: int, group_size: int = 32,
-                  backend: str = "auto") -> torch.Tensor:
-    """Quantize an LKHTD chunk x (fp16/bf16/fp32, finite, |x| <= 65504) into a new 1-D uint8
-    payload on x's device (layout in the module docstring). x is not modified."""
-    lay = _check_input(x, bits, group_size)
+                  backend: str = "auto", rotate_keys: bool = False) -> torch.Tensor:
+    """Quantize an LKHTD chunk x (fp16/bf16/fp32, finite, |x| <= 65504; with rotate_keys, keys
+    |k| <= 65504 / sqrt(D)) into a new 1-D uint8 payload on x's device (layout in the module
+    docstring). x is not modified."""
+    lay = _check_input(x, bits, group_size, rotate_keys)
     if select_backend(backend, x.device, _kivi_quant_kernel) == "torch":
-        return kivi_quantize_ref(x, bits, group_size)
+        return kivi_quantize_ref(x, bits, group_size, rotate_keys)
     payload = torch.empty(lay.nbytes, dtype=torch.uint8, device=x.device)
     k_in, v_in = _kv_views(x)
-    grid, sizes, blocks = _grid(lay)
+    grid, sizes, blocks, warps = _grid(lay, rotate_keys)
     k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     _kivi_quant_kernel[grid](
-        k_in, v_in, k_scale, k_min, k_codes, v_scale, v_min, v_codes, *sizes, *k_in.stride()[:3],
-        BITS=bits, G=group_size, **blocks, num_warps=LAUNCH["num_warps"],
+        k_in, v_in, k_scale, k_min, k_codes, v_scale, v_min, v_codes,
+        *hadamard.rotation(lay.D, x.device), *sizes, *k_in.stride()[:3],
+        BITS=bits, G=group_size, **blocks, ROTATE=rotate_keys, num_warps=warps,
     )
     return payload
 
 
 def kivi_dequantize(
     payload: torch.Tensor, shape: tuple[int, ...] | list[int], bits: int, group_size: int,
-    dtype: torch.dtype, backend: str = "auto",
+    dtype: torch.dtype, backend: str = "auto", rotate_keys: bool = False,
 ) -> torch.Tensor:
     """Decode a KIVI payload (1-D uint8 on any device) into a new contiguous LKHTD tensor of
     `shape` and `dtype` on the payload's device."""
-    lay = _check_payload(payload, shape, bits, group_size, dtype)
+    lay = _check_payload(payload, shape, bits, group_size, dtype, rotate_keys)
     if select_backend(backend, payload.device, _kivi_dequant_kernel) == "torch":
-        return kivi_dequantize_ref(payload, shape, bits, group_size, dtype)
+        return kivi_dequantize_ref(payload, shape, bits, group_size, dtype, rotate_keys)
     out = torch.empty(tuple(shape), dtype=dtype, device=payload.device)
     soft_bf16 = dtype == torch.bfloat16 and payload.device.type != "cuda"
     k_out, v_out = _kv_views(out.view(torch.int16) if soft_bf16 else out)
-    grid, sizes, blocks = _grid(lay)
+    grid, sizes, blocks, warps = _grid(lay, rotate_keys)
     k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     _kivi_dequant_kernel[grid](
-        k_scale, k_min, k_codes, v_scale, v_min, v_codes, k_out, v_out, *sizes,
-        *k_out.stride()[:3],
-        BITS=bits, G=group_size, **blocks, SOFT_BF16=soft_bf16, num_warps=LAUNCH["num_warps"],
+        k_scale, k_min, k_codes, v_scale, v_min, v_codes, k_out, v_out,
+        *hadamard.rotation(lay.D, payload.device), *sizes, *k_out.stride()[:3],
+        BITS=bits, G=group_size, **blocks, SOFT_BF16=soft_bf16, ROTATE=rotate_keys,
+        num_warps=warps,
     )
     return out
 
@@ -430,30 +545,48 @@ def _kv_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, 0], x[:, 1]
 
 
-def _grid(lay: KiviLayout) -> tuple[tuple[int], tuple[int, ...], dict[str, int]]:
-    """(1-D grid, the size arguments H..N_KEY_PROGRAMS, BLOCK_D/BLOCK_T) from LAUNCH."""
+def _grid(lay: KiviLayout,
+          rotate: bool) -> tuple[tuple[int], tuple[int, ...], dict[str, int], int]:
+    """(1-D grid, the size arguments H..N_KEY_PROGRAMS, block constexprs, num_warps) from
+    LAUNCH. Rotated keys take all channels of `rotate_groups` consecutive groups per program;
+    their N_DBLK argument is the number of such blocks per head."""
     G = lay.group_size
-    block_d = min(triton.next_power_of_2(lay.D), max(16, LAUNCH["keys_tile"] // G))
     block_t = max(1, min(triton.next_power_of_2(lay.T), LAUNCH["values_tile"] // G))
-    n_dblk, n_tblk = triton.cdiv(lay.D, block_d), triton.cdiv(lay.T, block_t)
-    n_key = lay.L * lay.H * lay.ng * n_dblk
+    n_tblk = triton.cdiv(lay.T, block_t)
+    groups = max(1, min(LAUNCH["rotate_groups"], lay.ng))
+    if rotate:
+        block_d = hadamard.padded_dim(lay.D)
+        n_dblk = triton.cdiv(lay.ng, groups)
+        n_key = lay.L * lay.H * n_dblk
+    else:
+        block_d = min(triton.next_power_of_2(lay.D), max(16, LAUNCH["keys_tile"] // G))
+        n_dblk = triton.cdiv(lay.D, block_d)
+        n_key = lay.L * lay.H * lay.ng * n_dblk
     n_val = lay.L * lay.H * n_tblk * lay.ngd
     sizes = (lay.H, lay.T, lay.D, lay.ng, lay.ngd, n_dblk, n_tblk, n_key)
-    return (n_key + n_val,), sizes, {"BLOCK_D": block_d, "BLOCK_T": block_t}
+    warps = LAUNCH["rotate_num_warps" if rotate else "num_warps"]
+    # tl.dot needs >= 16 rows: a group's row slices (G / PPB tokens) are padded up to that.
+    blocks = {"BLOCK_D": block_d, "BLOCK_T": block_t, "ROWS": max(16, G // lay.ppb),
+              "GROUPS": groups if rotate else 1}
+    return (n_key + n_val,), sizes, blocks, warps
 
 
 # ----------------------------------------------------------------------------- torch reference
 
 
-def kivi_quantize_ref(x: torch.Tensor, bits: int, group_size: int = 32) -> torch.Tensor:
-    """Plain-torch reference of kivi_quantize (same payload, bit for bit)."""
-    lay = _check_input(x, bits, group_size)
+def kivi_quantize_ref(x: torch.Tensor, bits: int, group_size: int = 32,
+                      rotate_keys: bool = False) -> torch.Tensor:
+    """Plain-torch reference of kivi_quantize (same payload, bit for bit without rotate_keys;
+    with it, the fp32 sums of the rotation may round differently, so a code at a rounding
+    boundary may differ by one step)."""
+    lay = _check_input(x, bits, group_size, rotate_keys)
     payload = torch.empty(lay.nbytes, dtype=torch.uint8, device=x.device)
     v = lay.views(payload)
     L, H, T, D, G, P = lay.L, lay.H, lay.T, lay.D, group_size, lay.ppb
     xf = x.float()
+    keys = hadamard.rotate_ref(x[:, 0]) if rotate_keys else xf[:, 0]
     # Pad by repeating the last token / channel: the copies leave every group's min and max alone.
-    k = _pad_last(xf[:, 0].transpose(-1, -2), lay.t_pad).transpose(-1, -2)  # [L, H, Tp, D]
+    k = _pad_last(keys.transpose(-1, -2), lay.t_pad).transpose(-1, -2)  # [L, H, Tp, D]
     kq, v["k_scale"][:], v["k_min"][:] = _quant_groups(k.reshape(L, H, lay.ng, G, D), 3, lay.levels)
     kq.view(L, H, lay.t_pad, D)[:, :, T:] = 0
     v["k_codes"][:] = _pack(kq.reshape(L, H, lay.t_pad // P, P, D), 3, bits)
@@ -467,16 +600,17 @@ def kivi_quantize_ref(x: torch.Tensor, bits: int, group_size: int = 32) -> torch
 
 def kivi_dequantize_ref(
     payload: torch.Tensor, shape: tuple[int, ...] | list[int], bits: int, group_size: int,
-    dtype: torch.dtype,
+    dtype: torch.dtype, rotate_keys: bool = False,
 ) -> torch.Tensor:
     """Plain-torch reference of kivi_dequantize."""
-    lay = _check_payload(payload, shape, bits, group_size, dtype)
+    lay = _check_payload(payload, shape, bits, group_size, dtype, rotate_keys)
     v = lay.views(payload)
     L, H, T, D, G = lay.L, lay.H, lay.T, lay.D, group_size
     out = torch.empty(tuple(shape), dtype=dtype, device=payload.device)
     kq = _unpack(v["k_codes"], 2, bits).reshape(L, H, lay.ng, G, D)
     k = v["k_min"].float()[:, :, :, None, :] + kq.float() * v["k_scale"].float()[:, :, :, None, :]
-    out[:, 0] = k.reshape(L, H, lay.t_pad, D)[:, :, :T]
+    k = k.reshape(L, H, lay.t_pad, D)[:, :, :T]
+    out[:, 0] = hadamard.unrotate_ref(k) if rotate_keys else k
     vq = _unpack(v["v_codes"], 3, bits).reshape(L, H, T, lay.ngd, G)
     val = v["v_min"].float()[..., None] + vq.float() * v["v_scale"].float()[..., None]
     out[:, 1] = val.reshape(L, H, T, lay.d_pad)[..., :D]
@@ -522,11 +656,18 @@ def _unpack(packed: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_input(x: torch.Tensor, bits: int, group_size: int) -> KiviLayout:
+def _check_rotation(rotate_keys: bool, group_size: int) -> None:
+    if rotate_keys and group_size < MIN_ROTATED_GROUP:
+        raise KernelInputError(f"KIVI key rotation needs group size >= {MIN_ROTATED_GROUP} "
+                               f"(a tensor-core dot over the group's tokens), got {group_size}")
+
+
+def _check_input(x: torch.Tensor, bits: int, group_size: int, rotate_keys: bool) -> KiviLayout:
     if not isinstance(x, torch.Tensor):
         raise KernelInputError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in KIVI_DTYPES:
         raise KernelInputError(f"KIVI quantizes float16/bfloat16/float32, got {x.dtype}")
+    _check_rotation(rotate_keys, group_size)
     lay = kivi_layout(x.shape, bits, group_size)
     if x.stride(-1) != 1:
         raise KernelInputError("KIVI input must have a contiguous last dimension")
@@ -534,9 +675,10 @@ def _check_input(x: torch.Tensor, bits: int, group_size: int) -> KiviLayout:
 
 
 def _check_payload(payload: torch.Tensor, shape, bits: int, group_size: int,
-                   dtype: torch.dtype) -> KiviLayout:
+                   dtype: torch.dtype, rotate_keys: bool) -> KiviLayout:
     if dtype not in KIVI_DTYPES:
         raise KernelInputError(f"KIVI output dtype must be float16/bfloat16/float32, got {dtype}")
+    _check_rotation(rotate_keys, group_size)
     lay = kivi_layout(shape, bits, group_size)
     if payload.dtype != torch.uint8 or payload.dim() != 1 or not payload.is_contiguous():
         raise KernelInputError("KIVI payload must be a contiguous 1-D uint8 tensor")
@@ -549,7 +691,7 @@ def _check_payload(payload: torch.Tensor, shape, bits: int, group_size: int,
 
 
 __all__ = [
-    "GROUP_SIZES", "KIVI_BITS", "KIVI_DTYPES", "KiviLayout", "kivi_dequantize",
+    "GROUP_SIZES", "KIVI_BITS", "KIVI_DTYPES", "MIN_ROTATED_GROUP", "KiviLayout", "kivi_dequantize",
     "kivi_dequantize_ref", "kivi_layout", "kivi_payload_nbytes", "kivi_quantize",
     "kivi_quantize_ref",
 ]

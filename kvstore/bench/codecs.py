@@ -28,6 +28,8 @@ import torch
 
 LOSSLESS = ("identity", "shuffle-lz4")
 LOSSY = ("fp8-e4m3", "kivi-int4", "kivi-int2")
+# Extra rows: KIVI without its default key rotation, side by side with it (same bytes).
+UNROTATED = {"key_rotation": "none"}
 DTYPES = ("float16", "bfloat16", "float32")
 QUICK = {"prompts": 2, "prefix_tokens": 128, "chunk_tokens": 64, "cont_tokens": 8,
          "gen_tokens": 8, "min_time_s": 0.05}
@@ -64,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class Row:
     codec: str
     dtype: str
+    params: dict[str, str] = field(default_factory=dict)  # on top of the codec's defaults
     payload_bytes: int = 0
     raw_bytes: int = 0
     fp16_bytes: int = 0
@@ -73,15 +76,21 @@ class Row:
     quality: list[dict[str, float]] = field(default_factory=list)
 
     @property
+    def name(self) -> str:
+        """The codec, and the params that differ from its defaults (e.g. key_rotation=none)."""
+        return self.codec + "".join(f" {k}={v}" for k, v in sorted(self.params.items()))
+
+    @property
     def label(self) -> str:
-        return f"{self.codec}/{self.dtype}"
+        return f"{self.name}/{self.dtype}"
 
     def summary(self) -> dict[str, Any]:
         q = {k: statistics.fmean(p[k] for p in self.quality) for k in ("first_kl", "top1",
                                                                        "mean_kl")}
         positions = sum(p["positions"] for p in self.quality)
         return {
-            "codec": self.codec, "dtype": self.dtype, "payload_bytes": self.payload_bytes,
+            "codec": self.codec, "params": self.params, "dtype": self.dtype,
+            "payload_bytes": self.payload_bytes,
             "bytes_per_token": self.payload_bytes / self.tokens,
             "ratio": self.raw_bytes / self.payload_bytes,
             "ratio_vs_fp16": self.fp16_bytes / self.payload_bytes,
@@ -113,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
     model, tokenizer = smollm2.load()
     prompts = cq.load_prompts(tokenizer, args.prompts, args.prefix_tokens, args.cont_tokens)
     rows = ([Row(c, d) for c in LOSSLESS for d in DTYPES]
-            + [Row(c, args.lossy_dtype) for c in LOSSY])
+            + [Row(c, args.lossy_dtype) for c in LOSSY]
+            + [Row(c, args.lossy_dtype, dict(UNROTATED)) for c in LOSSY if c.startswith("kivi")])
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
         kv = cq.prefill_kv(model, prompt.prefix_ids)
@@ -140,7 +150,7 @@ def _round_trip(chunk: torch.Tensor, row: Row, args: argparse.Namespace) -> torc
     from kvstore import codecs
 
     x = chunk.to(getattr(torch, row.dtype))
-    enc = codecs.encode(x, row.codec, backend=args.backend, **_params(row.codec, args))
+    enc = codecs.encode(x, row.codec, backend=args.backend, **_params(row, args))
     row.payload_bytes += enc.nbytes
     row.raw_bytes += x.numel() * x.element_size()
     row.fp16_bytes += x.numel() * 2
@@ -149,15 +159,16 @@ def _round_trip(chunk: torch.Tensor, row: Row, args: argparse.Namespace) -> torc
                          backend=args.backend).float()
 
 
-def _params(codec: str, args: argparse.Namespace) -> dict[str, Any]:
-    return {"group_size": args.group_size} if codec.startswith("kivi") else {}
+def _params(row: Row, args: argparse.Namespace) -> dict[str, Any]:
+    kivi = {"group_size": args.group_size} if row.codec.startswith("kivi") else {}
+    return {**kivi, **row.params}
 
 
 def _measure_speed(chunk: torch.Tensor, row: Row, args: argparse.Namespace) -> None:
     from kvstore import codecs
 
     x = chunk.to(getattr(torch, row.dtype))
-    params = _params(row.codec, args)
+    params = _params(row, args)
     enc = codecs.encode(x, row.codec, backend=args.backend, **params)
     mb = x.numel() * x.element_size() / 1e6
     row.encode_mbps = mb / _median_time(
@@ -203,12 +214,13 @@ def _results(rows: list[Row], args: argparse.Namespace, wall_s: float) -> dict[s
 
 
 def _print_table(results: dict[str, Any]) -> None:
-    head = (f"{'codec':<12} {'dtype':<9} {'B/token':>8} {'ratio':>6} {'vs_fp16':>7} "
+    head = (f"{'codec':<30} {'dtype':<9} {'B/token':>8} {'ratio':>6} {'vs_fp16':>7} "
             f"{'enc_MB/s':>9} {'dec_MB/s':>9} {'first_KL':>9} {'top1':>6} {'mean_KL':>9}")
     print(f"kvstore bench codecs: {results['machine']}; {results['config']}")
     print(head)
     print("-" * len(head))
     for r in results["rows"]:
-        print(f"{r['codec']:<12} {r['dtype']:<9} {r['bytes_per_token']:>8.0f} {r['ratio']:>6.2f} "
+        name = r["codec"] + "".join(f" {k}={v}" for k, v in sorted(r["params"].items()))
+        print(f"{name:<30} {r['dtype']:<9} {r['bytes_per_token']:>8.0f} {r['ratio']:>6.2f} "
               f"{r['ratio_vs_fp16']:>7.2f} {r['encode_MBps']:>9.0f} {r['decode_MBps']:>9.0f} "
               f"{r['first_token_kl']:>9.2e} {r['top1_agreement']:>6.3f} {r['mean_kl']:>9.2e}")

@@ -29,6 +29,8 @@ from kvstore.codecs.base import (
 from kvstore.errors import DataLoss, InvalidArgument
 
 DEFAULT_GROUP_SIZE = 32
+KEY_ROTATIONS = ("none", "hadamard")
+DEFAULT_KEY_ROTATION = "hadamard"
 
 
 def _kernels(module: str) -> ModuleType:
@@ -74,30 +76,47 @@ class Fp8Codec(Codec):
 
 class KiviCodec(Codec):
     """KIVI: keys per channel over groups of G tokens, values per token over groups of G
-    channels; asymmetric min/max with fp16 scale and zero point; codes packed tightly."""
+    channels; asymmetric min/max with fp16 scale and zero point; codes packed tightly.
+
+    key_rotation "hadamard" (the default) rotates every key vector by a fixed orthogonal
+    Walsh-Hadamard matrix before quantizing and back after (kvstore_kernels/hadamard.py): same
+    bytes, a third less KL on SmolLM2 (docs/BENCHMARKS.md). Stored chunks without the param were
+    written before it existed and decode as "none"."""
 
     lossy = True
-    user_param_names = frozenset({"group_size"})
+    user_param_names = frozenset({"group_size", "key_rotation"})
 
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.name = f"kivi-int{bits}"  # type: ignore[misc]
 
-    def make_params(self, group_size: object = DEFAULT_GROUP_SIZE, **kwargs: object) -> dict:
+    def make_params(self, group_size: object = DEFAULT_GROUP_SIZE,
+                    key_rotation: object = DEFAULT_KEY_ROTATION, **kwargs: object) -> dict:
         if kwargs:
-            raise InvalidArgument(f"codec {self.name!r} takes only group_size, "
+            raise InvalidArgument(f"codec {self.name!r} takes only group_size and key_rotation, "
                                   f"got {sorted(kwargs)}")
-        params = {"group_size": str(group_size)}
-        self._group_size(params)
+        params = {"group_size": str(group_size), "key_rotation": str(key_rotation)}
+        self._settings(params)
         return params
 
-    def _group_size(self, params: Params) -> int:
+    def _settings(self, params: Params) -> tuple[int, bool]:
+        """(group size, rotate keys) from stored or user params; InvalidArgument if invalid."""
         check_param_keys(self.name, params, self.user_param_names)
         g = int_param(self.name, params, "group_size")
-        allowed = _kernels("quant_kivi").GROUP_SIZES
-        if g not in allowed:
-            raise InvalidArgument(f"{self.name}: group_size must be one of {allowed}, got {g}")
-        return g
+        qk = _kernels("quant_kivi")
+        if g not in qk.GROUP_SIZES:
+            raise InvalidArgument(f"{self.name}: group_size must be one of {qk.GROUP_SIZES}, "
+                                  f"got {g}")
+        rotation = params.get("key_rotation", "none")
+        if rotation not in KEY_ROTATIONS:
+            raise InvalidArgument(f"{self.name}: key_rotation must be one of {KEY_ROTATIONS}, "
+                                  f"got {rotation!r}")
+        rotate = rotation == "hadamard"
+        if rotate and g < qk.MIN_ROTATED_GROUP:
+            raise InvalidArgument(f"{self.name}: key_rotation 'hadamard' needs group_size >= "
+                                  f"{qk.MIN_ROTATED_GROUP}, got {g}; use a larger group or "
+                                  "key_rotation 'none'")
+        return g, rotate
 
     def check_encodable(self, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
         check_float_kv(self.name, dtype)
@@ -106,21 +125,27 @@ class KiviCodec(Codec):
                                   f"got shape {shape}")
 
     def payload_nbytes(self, params: Params, dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-        g = self._group_size(params)
+        g, _ = self._settings(params)
         self.check_encodable(dtype, shape)
         return _kernels("quant_kivi").kivi_payload_nbytes(shape, self.bits, g)
 
     def encode(self, x: torch.Tensor, params: dict[str, str],
                backend: str) -> tuple[torch.Tensor, dict[str, str]]:
+        g, rotate = self._settings(params)
         check_values(self.name, x, FP16_MAX)
+        if rotate:
+            # A rotated key can grow to sqrt(D) times the largest |k| (all of a vector's norm in
+            # one channel); its fp16 zero point and scale must still fit.
+            check_values(self.name, x[:, 0], FP16_MAX / math.sqrt(x.shape[-1]))
         qk = _kernels("quant_kivi")
-        return qk.kivi_quantize(x, self.bits, self._group_size(params), backend=backend), params
+        return qk.kivi_quantize(x, self.bits, g, backend=backend, rotate_keys=rotate), params
 
     def decode(self, payload: torch.Tensor, params: Params, dtype: torch.dtype,
                shape: tuple[int, ...], backend: str) -> torch.Tensor:
         qk = _kernels("quant_kivi")
-        g = self._group_size(params)
+        g, rotate = self._settings(params)
         views = qk.kivi_layout(shape, self.bits, g).views(payload)
         _check_scales(self.name, views["k_scale"], views["k_min"], views["v_scale"],
                       views["v_min"])
-        return qk.kivi_dequantize(payload, shape, self.bits, g, dtype, backend=backend)
+        return qk.kivi_dequantize(payload, shape, self.bits, g, dtype, backend=backend,
+                                  rotate_keys=rotate)

@@ -2,26 +2,39 @@
 
 kivi (kvstore_kernels/quant_kivi.py): |x_hat - x| <= 0.51 * (mx - mn) / levels
     + 2**-10 * max(|mn|, |mx|) + 2**-20 + half an ulp of the output dtype, per group [mn, mx].
+    With key_rotation "hadamard" that bound b holds per element of the rotated keys y = k R, and
+    R is orthogonal, so each key vector's error has L2 norm <= ||b||_2 plus the fp16 roundings
+    of k before the rotation and of y_hat before the inverse (2**-11 relative each); each
+    element's error is at most that norm.
 fp8 (kvstore_kernels/fp8.py): |x_hat - x| <= 2**-4 * |x| + 2**-10 * amax / 448 + half an ulp,
     amax per row of the last dimension.
 """
 
 import torch
 
+from kvstore_kernels.hadamard import rotate_ref
+
 
 def half_ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.abs() * torch.finfo(dtype).eps / 2
 
 
-def kivi_bound(x: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """Per-element bound for an LKHTD chunk x (any float dtype)."""
+def kivi_bound(x: torch.Tensor, bits: int, group_size: int,
+               key_rotation: str = "hadamard") -> torch.Tensor:
+    """Per-element bound for an LKHTD chunk x (any float dtype) encoded with key_rotation (the
+    codec's default is "hadamard")."""
     levels = (1 << bits) - 1
     xf = x.float()
     L, _, H, T, D = xf.shape
     G = group_size
     tp, dp = -(-T // G) * G, -(-D // G) * G
-    keys = torch.cat([xf[:, 0], xf[:, 0, :, -1:].expand(L, H, tp - T, D)], dim=2)
+    k = rotate_ref(x[:, 0]) if key_rotation == "hadamard" else xf[:, 0]
+    keys = torch.cat([k, k[:, :, -1:].expand(L, H, tp - T, D)], dim=2)
     kb = _group_bound(keys.view(L, H, tp // G, G, D), 3, levels).reshape(L, H, tp, D)[:, :, :T]
+    if key_rotation == "hadamard":
+        norm = kb.norm(dim=-1, keepdim=True)
+        kb = (norm * (1 + 2.0**-10) + 2.0**-10 * (xf[:, 0].norm(dim=-1, keepdim=True) + norm)
+              + 2.0**-20).expand_as(kb)
     vals = torch.cat([xf[:, 1], xf[:, 1, ..., -1:].expand(L, H, T, dp - D)], dim=3)
     vb = _group_bound(vals.view(L, H, T, dp // G, G), 4, levels).reshape(L, H, T, dp)[..., :D]
     # The output rounding is half an ulp of x_hat, which is at most |x| + bound.

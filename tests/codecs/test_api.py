@@ -24,7 +24,8 @@ def test_registry_names():
 def test_encoded_chunk_is_frozen_and_matches_chunk_meta_fields():
     enc = codecs.encode(torch.ones(1, 2, 1, 4, 8, dtype=torch.bfloat16), "kivi-int2")
     assert (enc.codec, enc.codec_params, enc.dtype, enc.shape) == (
-        "kivi-int2", {"group_size": "32"}, "bfloat16", (1, 2, 1, 4, 8))
+        "kivi-int2", {"group_size": "32", "key_rotation": "hadamard"}, "bfloat16",
+        (1, 2, 1, 4, 8))
     with pytest.raises(dataclasses.FrozenInstanceError):
         enc.codec = "identity"
 

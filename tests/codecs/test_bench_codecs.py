@@ -20,8 +20,13 @@ def test_bench_codecs_quick(smollm2, capsys, tmp_path):
     results = json.loads(lines[-1])
     assert results == json.loads(out_file.read_text())
     assert any(line.startswith("kivi-int4") for line in lines[:-1])  # the table
-    rows = {f"{r['codec']}/{r['dtype']}": r for r in results["rows"]}
-    assert len(rows) == 9
+    rows = {f"{r['codec']}/{r['dtype']}": r for r in results["rows"] if not r["params"]}
+    unrotated = {r["codec"]: r for r in results["rows"] if r["params"]}
+    assert len(rows) == 9 and sorted(unrotated) == ["kivi-int2", "kivi-int4"]
+    assert all(r["params"] == {"key_rotation": "none"} for r in unrotated.values())
+    for codec, row in unrotated.items():  # same bytes, another key transform: another result
+        assert row["payload_bytes"] == rows[f"{codec}/float16"]["payload_bytes"]
+        assert row["mean_kl"] != rows[f"{codec}/float16"]["mean_kl"]
     # Lossless rows reproduce their dtype's cache exactly; fp32 identity is the reference itself.
     ref = rows["identity/float32"]
     assert ref["first_token_kl"] == 0 and ref["top1_agreement"] == 1.0

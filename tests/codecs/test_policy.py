@@ -14,11 +14,12 @@ POLICY = {"gpu": "identity", "cpu": "fp8-e4m3", "disk": {"codec": "kivi-int4", "
 
 def test_from_dict_canonicalizes_choices():
     policy = TierCodecPolicy.from_dict(POLICY)
-    assert policy.codec_for("disk") == CodecChoice("kivi-int4", (("group_size", "64"),))
+    assert policy.codec_for("disk") == CodecChoice("kivi-int4", (("group_size", "64"),
+                                                                ("key_rotation", "hadamard")))
     assert policy.codec_for("cpu") == CodecChoice("fp8-e4m3")
     assert policy.codec_for("nvme") is None
     assert TierCodecPolicy.from_dict({"disk": "kivi-int2"}).codec_for("disk").params == (
-        ("group_size", "32"),)  # the default group size is recorded, not implied
+        ("group_size", "32"), ("key_rotation", "hadamard"))  # defaults recorded, not implied
     assert policy == TierCodecPolicy.from_dict(dict(reversed(POLICY.items())))
 
 
@@ -40,7 +41,7 @@ def test_bad_policies_raise_config_error(spec, match):
 RULES = [
     ("disk", "identity", {}, "kivi-int4"),          # first loss: from exact values
     ("disk", "shuffle-lz4", None, "kivi-int4"),     # lossless -> lossy
-    ("disk", "kivi-int4", {"group_size": "64"}, None),  # already in the tier's codec
+    ("disk", "kivi-int4", {"group_size": "64", "key_rotation": "hadamard"}, None),  # already
     ("disk", "kivi-int4", {"group_size": "32"}, None),  # lossy: never re-quantized
     ("disk", "fp8-e4m3", {}, None),                 # lossy -> lossy would compound errors
     ("gpu", "fp8-e4m3", {}, None),                  # lossy -> lossless would only grow
@@ -74,7 +75,8 @@ def test_transcode_for_demotion_round_trip():
     raw = codecs.encode(x, "identity")
     disk = policy.transcode_for_demotion("disk", raw.to_bytes(), "identity", {}, "float16",
                                          KV_SHAPE, backend="torch")
-    assert disk.codec == "kivi-int4" and disk.codec_params == {"group_size": "64"}
+    assert disk.codec == "kivi-int4" and disk.codec_params == {"group_size": "64",
+                                                               "key_rotation": "hadamard"}
     assert disk.nbytes * 3 < raw.nbytes
     decoded = codecs.decode(disk.payload, disk.codec, disk.codec_params, disk.dtype, disk.shape)
     assert (decoded.float() - x.float()).abs().max() < 0.1 * x.float().abs().max()

@@ -5,6 +5,7 @@ import torch
 from codec_bounds import assert_within, fp8_bound, kivi_bound
 
 from kvstore import codecs
+from kvstore.errors import InvalidArgument
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 LOSSY = ("fp8-e4m3", "kivi-int4", "kivi-int2")
@@ -81,7 +82,7 @@ def test_kivi_values_on_the_quantization_grid_are_exact(dtype, bits):
     scale[:, 1] = scale[:, 1, :, :, :1]  # ...and per value token (over channels)
     zero = -float(levels) / 2
     x = (zero + q * scale).to(dtype)
-    _, out = _round_trip(x, f"kivi-int{bits}", group_size=G)
+    _, out = _round_trip(x, f"kivi-int{bits}", group_size=G, key_rotation="none")
     assert torch.equal(out, x)
 
 
@@ -92,8 +93,8 @@ def test_kivi_quantizes_keys_per_channel_and_values_per_token(bits):
     x = _kv(T=64, D=32, dtype=torch.float32, seed=4)
     x[:, 0, :, :, 5] *= 1000
     x[:, 1, :, 7, :] *= 1000
-    _, out = _round_trip(x, f"kivi-int{bits}")
-    assert_within(out, x, kivi_bound(x, bits, 32))
+    _, out = _round_trip(x, f"kivi-int{bits}", key_rotation="none")
+    assert_within(out, x, kivi_bound(x, bits, 32, "none"))
     err = (out - x).abs()
     normal_keys = torch.cat([err[:, 0, ..., :5], err[:, 0, ..., 6:]], dim=-1)
     normal_values = torch.cat([err[:, 1, :, :7], err[:, 1, :, 8:]], dim=2)
@@ -103,19 +104,69 @@ def test_kivi_quantizes_keys_per_channel_and_values_per_token(bits):
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("bits", [4, 2])
-@pytest.mark.parametrize("group_size, T, D", [(32, 37, 64), (16, 5, 24), (64, 200, 64),
-                                              (4, 9, 6)])
-def test_kivi_error_bound_with_padding(dtype, bits, group_size, T, D):
+@pytest.mark.parametrize("group_size, T, D, rotation", [
+    (32, 37, 64, "none"), (16, 5, 24, "none"), (64, 200, 64, "none"), (4, 9, 6, "none"),
+    (32, 37, 64, "hadamard"), (16, 5, 24, "hadamard"), (64, 200, 128, "hadamard"),
+    (16, 20, 80, "hadamard"),  # D = 80: blocks of 64 and 16
+])
+def test_kivi_error_bound_with_padding(dtype, bits, group_size, T, D, rotation):
     x = _kv(T=T, D=D, dtype=dtype, seed=5)
-    enc, out = _round_trip(x, f"kivi-int{bits}", group_size=group_size)
-    assert enc.codec_params == {"group_size": str(group_size)}
-    assert_within(out, x, kivi_bound(x, bits, group_size))
+    enc, out = _round_trip(x, f"kivi-int{bits}", group_size=group_size, key_rotation=rotation)
+    assert enc.codec_params == {"group_size": str(group_size), "key_rotation": rotation}
+    assert_within(out, x, kivi_bound(x, bits, group_size, rotation))
 
 
 def test_kivi_constant_groups_decode_exactly():
     x = torch.full((1, 2, 2, 40, 32), -3.25, dtype=torch.float16)
     for codec in ("kivi-int4", "kivi-int2"):
-        assert torch.equal(_round_trip(x, codec)[1], x)
+        assert torch.equal(_round_trip(x, codec, key_rotation="none")[1], x)
+        # Rotated, constant keys are constant per rotated channel too; only the fp16 rounding
+        # of the inverse rotation remains.
+        rotated = _round_trip(x, codec)[1]
+        assert torch.equal(rotated[:, 1], x[:, 1])
+        assert (rotated[:, 0].float() - x[:, 0].float()).abs().max() <= 2e-3
+
+
+def test_kivi_key_rotation_is_the_default_and_spreads_an_outlier_channel():
+    """One key channel 30x larger than the rest: per channel, unrotated KIVI quantizes it on its
+    own; the rotation spreads it across all 32 channels, and the error comes back the same
+    order of magnitude (the rotation is for real KV, see test_real_kv). Both decode."""
+    x = _kv(T=64, D=32, dtype=torch.float32, seed=8)
+    x[:, 0, ..., 3] *= 30
+    enc, rotated = _round_trip(x, "kivi-int4")
+    assert enc.codec_params["key_rotation"] == "hadamard"
+    _, plain = _round_trip(x, "kivi-int4", key_rotation="none")
+    assert_within(rotated, x, kivi_bound(x, 4, 32, "hadamard"))
+    assert_within(plain, x, kivi_bound(x, 4, 32, "none"))
+    assert not torch.equal(rotated, plain)  # a different transform, not a no-op
+    assert torch.equal(rotated[:, 1], plain[:, 1])  # values are not rotated
+
+
+def test_kivi_chunk_stored_without_key_rotation_decodes_unrotated():
+    """Chunks written before the param existed carry only group_size: they are unrotated."""
+    x = _kv(T=32, D=32, dtype=torch.float16, seed=9)
+    enc = codecs.encode(x, "kivi-int4", key_rotation="none")
+    old = codecs.decode(enc.to_bytes(), "kivi-int4", {"group_size": "32"}, enc.dtype, enc.shape)
+    new = codecs.decode(enc.to_bytes(), enc.codec, enc.codec_params, enc.dtype, enc.shape)
+    assert torch.equal(old, new)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"group_size": 8}, "needs group_size >= 16"),
+    ({"key_rotation": "random"}, "key_rotation must be one of"),
+])
+def test_kivi_bad_rotation_params_are_refused(params, message):
+    with pytest.raises(InvalidArgument, match=message):
+        codecs.encode(_kv(), "kivi-int4", **params)
+    assert codecs.encode(_kv(), "kivi-int4", group_size=8, key_rotation="none").nbytes > 0
+
+
+def test_kivi_rotated_keys_must_fit_fp16_after_rotation():
+    x = _kv(D=64, dtype=torch.float32)
+    x[0, 0, 0, 0, 0] = 9000.0  # fine unrotated; rotated, up to 9000 * sqrt(64) > 65504
+    with pytest.raises(InvalidArgument, match="at most 8188"):
+        codecs.encode(x, "kivi-int4")
+    codecs.encode(x, "kivi-int4", key_rotation="none")
 
 
 def test_kivi_bigger_groups_give_smaller_payloads():

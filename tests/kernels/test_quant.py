@@ -43,6 +43,41 @@ def test_kivi_kernels_match_reference(dtype, bits, geometry):
     assert torch.equal(out, qk.kivi_dequantize_ref(expected, x.shape, bits, G, dtype))
 
 
+# Rotated keys (kvstore_kernels/hadamard.py): D = 24 and 80 are block-diagonal (16 + 8, 64 + 16);
+# T = 100 with G = 16 is 7 groups, so the last program's block of LAUNCH["rotate_groups"] (4) is
+# partial.
+ROTATED_GEOMETRIES = ((16, 37, 24), (32, 64, 64), (16, 5, 80), (16, 100, 64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits", (2, 4))
+@pytest.mark.parametrize("geometry", ROTATED_GEOMETRIES, ids=lambda g: "G{}-T{}-D{}".format(*g))
+def test_kivi_rotated_kernels_match_reference(dtype, bits, geometry):
+    G, T, D = geometry
+    x = _kv((2, 2, 3, T, D), dtype)
+    expected = qk.kivi_quantize_ref(x, bits, G, rotate_keys=True)
+    payload = qk.kivi_quantize(x, bits, G, backend="triton", rotate_keys=True)
+    # The rotation's fp32 sums (tl.dot vs torch matmul) may be added in another order, which can
+    # move a value across a rounding boundary: allow a few bytes, never a layout-sized share.
+    differ = int((payload != expected).sum())
+    assert differ <= payload.numel() // 500, f"{differ} of {payload.numel()} bytes differ"
+    out = qk.kivi_dequantize(payload, x.shape, bits, G, dtype, backend="triton", rotate_keys=True)
+    ref = qk.kivi_dequantize_ref(payload, x.shape, bits, G, dtype, rotate_keys=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=torch.finfo(dtype).eps)
+    assert torch.equal(out[:, 1], ref[:, 1])  # values are not rotated: exact as before
+    unrotated = qk.kivi_dequantize_ref(payload, x.shape, bits, G, dtype)
+    assert (out[:, 0].float() - unrotated[:, 0].float()).abs().max() > 0.1
+
+
+def test_kivi_rotation_needs_groups_of_16():
+    x = torch.zeros(1, 2, 1, 8, 8)
+    with pytest.raises(KernelInputError, match="group size >= 16"):
+        qk.kivi_quantize(x, 4, 8, backend="triton", rotate_keys=True)
+    with pytest.raises(KernelInputError, match="group size >= 16"):
+        qk.kivi_dequantize(torch.zeros(qk.kivi_payload_nbytes(x.shape, 4, 8), dtype=torch.uint8),
+                           x.shape, 4, 8, torch.float16, rotate_keys=True)
+
+
 def test_auto_backend_runs_the_triton_kernels_in_the_interpreter(monkeypatch):
     x = _kv((1, 2, 2, 40, 32), torch.float16, seed=3)
     expected = qk.kivi_quantize_ref(x, 4, 32)
@@ -116,7 +151,8 @@ def test_codec_through_triton_equals_torch(codec):
 
 
 def _params(codec):
-    return {"group_size": 16} if codec.startswith("kivi") else {}
+    # unrotated: bit-exact in the interpreter (the rotated path has its own test above)
+    return {"group_size": 16, "key_rotation": "none"} if codec.startswith("kivi") else {}
 
 
 @pytest.mark.parametrize("call, match", [

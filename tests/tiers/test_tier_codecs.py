@@ -89,7 +89,8 @@ def test_demotion_to_disk_encodes_and_shrinks(tier_manager):
 
     info, payload, tier = fetch(m, key)
     assert tier == "disk"
-    assert (info.codec, info.codec_params) == ("kivi-int4", {"group_size": "32"})
+    assert (info.codec, info.codec_params) == ("kivi-int4", {"group_size": "32",
+                                                   "key_rotation": "hadamard"})
     assert (info.dtype, info.shape) == ("float16", SHAPE)     # the decoded dtype and shape
     assert info.payload_bytes == len(payload) < RAW and info.checksum == checksum([payload])
     y = decode(payload, info.codec, info.codec_params, info.dtype, info.shape)
