@@ -255,8 +255,8 @@ def _quant_keys_rot_block(
     # GROUPS consecutive key groups, all channels each (the rotation mixes a token's channels).
     # P (32 KiB at D = 128) is loaded once per program, not once per group: per group it was 4x
     # the group's own bytes. Like the unrotated kernel, each group is PPB row slices [G/PPB, D]
-    # (one tl.dot each) so that min/max and packing stay 2-D in the dot's layout; the second
-    # pass recomputes the dots rather than keep PPB tiles live.
+    # (one tl.dot each) so that min/max and packing stay 2-D in the dot's layout. int4 keeps its
+    # two slices live; int2's four would spill, so its second pass recomputes the dots.
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
     dv = tl.arange(0, BLOCK_D)
@@ -267,21 +267,34 @@ def _quant_keys_rot_block(
     cs = tl.load(cs_ptr + dv)
     for gi in range(GROUPS):
         g = gb * GROUPS + gi
-        mn_rows = tl.full([ROWS, BLOCK_D], float("inf"), tl.float32)
-        mx_rows = tl.full([ROWS, BLOCK_D], float("-inf"), tl.float32)
-        for j in tl.static_range(PPB):
-            y, mask = _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t, G, PPB)
-            mn_rows = tl.minimum(mn_rows, tl.where(mask, y, float("inf")))
-            mx_rows = tl.maximum(mx_rows, tl.where(mask, y, float("-inf")))
-        mn = tl.min(mn_rows, axis=0)
-        mx = tl.max(mx_rows, axis=0)
         ok = d_ok & ((dv * 0 + g) < NG)  # a vector: the interpreter refuses a scalar mask
-        m, s, inv = _group_params(tl.where(ok, mn, 0.0), tl.where(ok, mx, 0.0), LEVELS)
-        packed = tl.zeros([ROWS, BLOCK_D], tl.int32)
-        for j in tl.static_range(PPB):
-            y, mask = _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t, G, PPB)
-            q = tl.where(mask, _quant(y, m[None, :], inv[None, :], LEVELS), 0)
-            packed = packed | (q << (j * BITS))
+        if PPB == 2:
+            # int4: both slices stay in registers (2 x [16, D] fp32), one dot each, one pass.
+            y0, mask0 = _rotated_slice(base, p, cs, g, 0, r, dv, T, D, stride_t, G, PPB)
+            y1, mask1 = _rotated_slice(base, p, cs, g, 1, r, dv, T, D, stride_t, G, PPB)
+            mn = tl.min(tl.minimum(tl.where(mask0, y0, float("inf")),
+                                   tl.where(mask1, y1, float("inf"))), axis=0)
+            mx = tl.max(tl.maximum(tl.where(mask0, y0, float("-inf")),
+                                   tl.where(mask1, y1, float("-inf"))), axis=0)
+            m, s, inv = _group_params(tl.where(ok, mn, 0.0), tl.where(ok, mx, 0.0), LEVELS)
+            q0 = tl.where(mask0, _quant(y0, m[None, :], inv[None, :], LEVELS), 0)
+            q1 = tl.where(mask1, _quant(y1, m[None, :], inv[None, :], LEVELS), 0)
+            packed = q0 | (q1 << BITS)
+        else:
+            mn_rows = tl.full([ROWS, BLOCK_D], float("inf"), tl.float32)
+            mx_rows = tl.full([ROWS, BLOCK_D], float("-inf"), tl.float32)
+            for j in tl.static_range(PPB):
+                y, mask = _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t, G, PPB)
+                mn_rows = tl.minimum(mn_rows, tl.where(mask, y, float("inf")))
+                mx_rows = tl.maximum(mx_rows, tl.where(mask, y, float("-inf")))
+            mn = tl.min(mn_rows, axis=0)
+            mx = tl.max(mx_rows, axis=0)
+            m, s, inv = _group_params(tl.where(ok, mn, 0.0), tl.where(ok, mx, 0.0), LEVELS)
+            packed = tl.zeros([ROWS, BLOCK_D], tl.int32)
+            for j in tl.static_range(PPB):
+                y, mask = _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t, G, PPB)
+                q = tl.where(mask, _quant(y, m[None, :], inv[None, :], LEVELS), 0)
+                packed = packed | (q << (j * BITS))
         code_offs = ((n * NG + g) * (G // PPB) + r) * D + dv[None, :]
         tl.store(codes_ptr + code_offs, packed.to(tl.uint8), mask=(r < G // PPB) & ok[None, :])
         tl.store(scale_ptr + (n * NG + g) * D + dv, s.to(tl.float16), mask=ok)
