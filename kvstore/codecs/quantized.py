@@ -37,6 +37,10 @@ def _kernels(module: str) -> ModuleType:
     return importlib.import_module(f"kvstore_kernels.{module}")
 
 
+def _min_rotated_group() -> int:
+    return int(_kernels("quant_kivi").MIN_ROTATED_GROUP)
+
+
 def _check_scales(codec: str, *tensors: torch.Tensor) -> None:
     """Scales must be finite and non-negative, zero points finite: anything else is a corrupt
     payload or one of another format that happens to have the right size. One host sync."""
@@ -78,7 +82,8 @@ class KiviCodec(Codec):
     """KIVI: keys per channel over groups of G tokens, values per token over groups of G
     channels; asymmetric min/max with fp16 scale and zero point; codes packed tightly.
 
-    key_rotation "hadamard" (the default) rotates every key vector by a fixed orthogonal
+    key_rotation "hadamard" (the default for group_size >= 16; "none" below, where the kernels
+    cannot rotate) rotates every key vector by a fixed orthogonal
     Walsh-Hadamard matrix before quantizing and back after (kvstore_kernels/hadamard.py): same
     bytes, a third less KL on SmolLM2 (docs/BENCHMARKS.md). Stored chunks without the param were
     written before it existed and decode as "none"."""
@@ -91,10 +96,13 @@ class KiviCodec(Codec):
         self.name = f"kivi-int{bits}"  # type: ignore[misc]
 
     def make_params(self, group_size: object = DEFAULT_GROUP_SIZE,
-                    key_rotation: object = DEFAULT_KEY_ROTATION, **kwargs: object) -> dict:
+                    key_rotation: object = None, **kwargs: object) -> dict:
         if kwargs:
             raise InvalidArgument(f"codec {self.name!r} takes only group_size and key_rotation, "
                                   f"got {sorted(kwargs)}")
+        if key_rotation is None:  # the default where it applies: rotation needs groups of 16
+            small = str(group_size).isdigit() and int(str(group_size)) < _min_rotated_group()
+            key_rotation = "none" if small else DEFAULT_KEY_ROTATION
         params = {"group_size": str(group_size), "key_rotation": str(key_rotation)}
         self._settings(params)
         return params

@@ -152,13 +152,17 @@ def test_kivi_chunk_stored_without_key_rotation_decodes_unrotated():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"group_size": 8}, "needs group_size >= 16"),
+    ({"group_size": 8, "key_rotation": "hadamard"}, "needs group_size >= 16"),
     ({"key_rotation": "random"}, "key_rotation must be one of"),
 ])
 def test_kivi_bad_rotation_params_are_refused(params, message):
     with pytest.raises(InvalidArgument, match=message):
         codecs.encode(_kv(), "kivi-int4", **params)
-    assert codecs.encode(_kv(), "kivi-int4", group_size=8, key_rotation="none").nbytes > 0
+
+
+def test_kivi_small_groups_default_to_no_rotation():
+    enc = codecs.encode(_kv(), "kivi-int4", group_size=8)
+    assert enc.codec_params == {"group_size": "8", "key_rotation": "none"}
 
 
 def test_kivi_rotated_keys_must_fit_fp16_after_rotation():
