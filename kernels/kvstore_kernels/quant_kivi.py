@@ -36,10 +36,13 @@ block of BLOCK_D channels), loading it as PPB row slices [G/PPB, BLOCK_D] (rows 
 so that the min/max reduction and the packing along tokens stay 2-D; the remaining programs each
 take BLOCK_T tokens of one value channel group, one contiguous [BLOCK_T, G] tile, packing
 neighbouring channels with tl.split (tl.join to unpack) inside a thread's registers.
-With rotated keys a key program takes all channels of LAUNCH["rotate_groups"] consecutive
-groups (P is loaded once per program) and computes each row slice's rotation with one fp16
-tensor-core tl.dot (rows padded to 16). Dequantization mirrors all of them. Interpreted runs write
-bf16 through _softcvt (the interpreter's bf16 cast truncates).
+With rotated keys a key program reads all channels of LAUNCH["rotate_groups"] consecutive groups
+(the rotation mixes them) and produces a block of output channels (rotate_n_quant / _dequant),
+with one fp16 tensor-core tl.dot per row slice against that block of P, loaded once per program
+(rows padded to 16). Splitting output channels restores parallelism: with all 128 channels per
+program there were 8x fewer programs than unrotated, and that, not the product, cost most.
+Dequantization mirrors all of them. Interpreted runs write bf16 through _softcvt (the
+interpreter's bf16 cast truncates).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
 # Launch shape: elements per program tile and warps per program. Measured on an H100 with
 # bench_quant_gpu --tune (docs/BENCHMARKS.md); a dict so that the tuning sweep can override it.
 LAUNCH = {"keys_tile": 1024, "values_tile": 2048, "num_warps": 2, "rotate_num_warps": 2,
-          "rotate_groups": 8}
+          "rotate_groups": 8, "rotate_n_quant": 64, "rotate_n_dequant": 128}
 # tl.dot needs at least 16 rows: a rotated key group is one tile of G tokens.
 MIN_ROTATED_GROUP = 16
 
@@ -235,22 +238,23 @@ def _quant_keys_block(
 
 
 @triton.jit
-def _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t,
+def _rotated_slice(base, p, cs, g, j, r, dv, nv, T, D, stride_t,
                    G: tl.constexpr, PPB: tl.constexpr):
-    """Rows r of slice j of key group g (token g*G + r*PPB + j), rotated: dot(fp16(k), P) * c.
-    Rows r >= G/PPB pad the tile to tl.dot's 16 rows and are masked."""
+    """Rows r of slice j of key group g (token g*G + r*PPB + j), all input channels dv, rotated
+    into the output channels nv: dot(fp16(k), P[:, nv]) * c[nv], and its mask. Rows r >= G/PPB
+    pad the tile to tl.dot's 16 rows and are masked."""
     t = g * G + r * PPB + j
-    mask = (r < G // PPB) & (t < T) & (dv[None, :] < D)
-    x = tl.load(base + t * stride_t + dv[None, :], mask=mask, other=0.0)
-    return tl.dot(x.to(tl.float16), p) * cs[None, :], mask
+    rows_ok = (r < G // PPB) & (t < T)
+    x = tl.load(base + t * stride_t + dv[None, :], mask=rows_ok & (dv[None, :] < D), other=0.0)
+    return tl.dot(x.to(tl.float16), p) * cs[None, :], rows_ok & (nv[None, :] < D)
 
 
 @triton.jit
 def _quant_keys_rot_block(
-    x_ptr, scale_ptr, min_ptr, codes_ptr, rot_ptr, cs_ptr, n, gb,
+    x_ptr, scale_ptr, min_ptr, codes_ptr, rot_ptr, cs_ptr, n, gb, nb,
     H, T, D, NG, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
-    GROUPS: tl.constexpr,
+    GROUPS: tl.constexpr, ROT_N: tl.constexpr,
 ):
     # GROUPS consecutive key groups, all channels each (the rotation mixes a token's channels).
     # P (32 KiB at D = 128) is loaded once per program, not once per group: per group it was 4x
@@ -259,19 +263,19 @@ def _quant_keys_rot_block(
     # two slices live; int2's four would spill, so its second pass recomputes the dots.
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
-    dv = tl.arange(0, BLOCK_D)
-    d_ok = dv < D
+    dv = tl.arange(0, BLOCK_D)  # input channels: all of them
+    nv = nb * ROT_N + tl.arange(0, ROT_N)  # the output channels this program quantizes
     r = tl.arange(0, ROWS)[:, None]
     base = x_ptr + (n // H) * stride_l + (n % H) * stride_h
-    p = tl.load(rot_ptr + dv[:, None] * BLOCK_D + dv[None, :])
-    cs = tl.load(cs_ptr + dv)
+    p = tl.load(rot_ptr + dv[:, None] * BLOCK_D + nv[None, :])
+    cs = tl.load(cs_ptr + nv)
     for gi in range(GROUPS):
         g = gb * GROUPS + gi
-        ok = d_ok & ((dv * 0 + g) < NG)  # a vector: the interpreter refuses a scalar mask
+        ok = (nv < D) & ((nv * 0 + g) < NG)  # a vector: the interpreter refuses a scalar mask
         if PPB == 2:
             # int4: both slices stay in registers (2 x [16, D] fp32), one dot each, one pass.
-            y0, mask0 = _rotated_slice(base, p, cs, g, 0, r, dv, T, D, stride_t, G, PPB)
-            y1, mask1 = _rotated_slice(base, p, cs, g, 1, r, dv, T, D, stride_t, G, PPB)
+            y0, mask0 = _rotated_slice(base, p, cs, g, 0, r, dv, nv, T, D, stride_t, G, PPB)
+            y1, mask1 = _rotated_slice(base, p, cs, g, 1, r, dv, nv, T, D, stride_t, G, PPB)
             mn = tl.min(tl.minimum(tl.where(mask0, y0, float("inf")),
                                    tl.where(mask1, y1, float("inf"))), axis=0)
             mx = tl.max(tl.maximum(tl.where(mask0, y0, float("-inf")),
@@ -281,24 +285,24 @@ def _quant_keys_rot_block(
             q1 = tl.where(mask1, _quant(y1, m[None, :], inv[None, :], LEVELS), 0)
             packed = q0 | (q1 << BITS)
         else:
-            mn_rows = tl.full([ROWS, BLOCK_D], float("inf"), tl.float32)
-            mx_rows = tl.full([ROWS, BLOCK_D], float("-inf"), tl.float32)
+            mn_rows = tl.full([ROWS, ROT_N], float("inf"), tl.float32)
+            mx_rows = tl.full([ROWS, ROT_N], float("-inf"), tl.float32)
             for j in tl.static_range(PPB):
-                y, mask = _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t, G, PPB)
+                y, mask = _rotated_slice(base, p, cs, g, j, r, dv, nv, T, D, stride_t, G, PPB)
                 mn_rows = tl.minimum(mn_rows, tl.where(mask, y, float("inf")))
                 mx_rows = tl.maximum(mx_rows, tl.where(mask, y, float("-inf")))
             mn = tl.min(mn_rows, axis=0)
             mx = tl.max(mx_rows, axis=0)
             m, s, inv = _group_params(tl.where(ok, mn, 0.0), tl.where(ok, mx, 0.0), LEVELS)
-            packed = tl.zeros([ROWS, BLOCK_D], tl.int32)
+            packed = tl.zeros([ROWS, ROT_N], tl.int32)
             for j in tl.static_range(PPB):
-                y, mask = _rotated_slice(base, p, cs, g, j, r, dv, T, D, stride_t, G, PPB)
+                y, mask = _rotated_slice(base, p, cs, g, j, r, dv, nv, T, D, stride_t, G, PPB)
                 q = tl.where(mask, _quant(y, m[None, :], inv[None, :], LEVELS), 0)
                 packed = packed | (q << (j * BITS))
-        code_offs = ((n * NG + g) * (G // PPB) + r) * D + dv[None, :]
+        code_offs = ((n * NG + g) * (G // PPB) + r) * D + nv[None, :]
         tl.store(codes_ptr + code_offs, packed.to(tl.uint8), mask=(r < G // PPB) & ok[None, :])
-        tl.store(scale_ptr + (n * NG + g) * D + dv, s.to(tl.float16), mask=ok)
-        tl.store(min_ptr + (n * NG + g) * D + dv, m.to(tl.float16), mask=ok)
+        tl.store(scale_ptr + (n * NG + g) * D + nv, s.to(tl.float16), mask=ok)
+        tl.store(min_ptr + (n * NG + g) * D + nv, m.to(tl.float16), mask=ok)
 
 
 @triton.jit
@@ -392,18 +396,21 @@ def _dequant_keys_block(
 
 @triton.jit
 def _dequant_keys_rot_block(
-    scale_ptr, min_ptr, codes_ptr, rot_ptr, cs_ptr, out_ptr, n, gb,
+    scale_ptr, min_ptr, codes_ptr, rot_ptr, cs_ptr, out_ptr, n, gb, nb,
     H, T, D, NG, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
-    GROUPS: tl.constexpr, SOFT_BF16: tl.constexpr,
+    GROUPS: tl.constexpr, ROT_N: tl.constexpr, SOFT_BF16: tl.constexpr,
 ):
+    # Every rotated channel of a token is needed for each output channel: a program reads all
+    # of the group's codes (small, shared through L2) and writes output channels nv only.
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
     dv = tl.arange(0, BLOCK_D)
     d_ok = dv < D
     r = tl.arange(0, ROWS)[:, None]
+    nv = nb * ROT_N + tl.arange(0, ROT_N)
     base = out_ptr + (n // H) * stride_l + (n % H) * stride_h
-    pt = tl.load(rot_ptr + dv[None, :] * BLOCK_D + dv[:, None])  # P^T
+    pt = tl.load(rot_ptr + nv[None, :] * BLOCK_D + dv[:, None])  # P^T[:, nv]
     cs = tl.load(cs_ptr + dv)
     for gi in range(GROUPS):
         g = gb * GROUPS + gi
@@ -418,8 +425,8 @@ def _dequant_keys_rot_block(
             yc = tl.minimum(tl.maximum(y * cs[None, :], -65504.0), 65504.0)  # finite if hostile
             k = tl.dot(yc.to(tl.float16), pt)
             t = g * G + r * PPB + j
-            _store_f32(base + t * stride_t + dv[None, :], k,
-                       (r < G // PPB) & (t < T) & d_ok[None, :], SOFT_BF16)
+            _store_f32(base + t * stride_t + nv[None, :], k,
+                       (r < G // PPB) & (t < T) & (nv[None, :] < D), SOFT_BF16)
 
 
 @triton.jit
@@ -452,7 +459,7 @@ def _kivi_quant_kernel(
     rot_ptr, cs_ptr,
     H, T, D, NG, NGD, N_DBLK, N_TBLK, N_KEY_PROGRAMS, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
-    ROTATE: tl.constexpr, ROWS: tl.constexpr, GROUPS: tl.constexpr,
+    ROTATE: tl.constexpr, ROWS: tl.constexpr, GROUPS: tl.constexpr, ROT_N: tl.constexpr,
 ):
     # One launch for both halves (key groups: programs [0, N_KEY_PROGRAMS), value groups: the
     # rest): a launch costs ~40 us of host time, as much as the kernels' own time on a 64 MiB
@@ -462,9 +469,11 @@ def _kivi_quant_kernel(
         n = (pid // (NG * N_DBLK)).to(tl.int64)
         r = pid % (NG * N_DBLK)
         if ROTATE:  # N_DBLK = number of GROUPS-group blocks per head: see _grid
+            NNB: tl.constexpr = BLOCK_D // ROT_N
             _quant_keys_rot_block(k_ptr, k_scale_ptr, k_min_ptr, k_codes_ptr, rot_ptr, cs_ptr,
-                                  (pid // N_DBLK).to(tl.int64), pid % N_DBLK, H, T, D, NG,
-                                  stride_l, stride_h, stride_t, BITS, G, BLOCK_D, ROWS, GROUPS)
+                                  (pid // N_DBLK).to(tl.int64), pid % N_DBLK // NNB,
+                                  pid % N_DBLK % NNB, H, T, D, NG, stride_l, stride_h, stride_t,
+                                  BITS, G, BLOCK_D, ROWS, GROUPS, ROT_N)
         else:
             _quant_keys_block(k_ptr, k_scale_ptr, k_min_ptr, k_codes_ptr, n, r // N_DBLK,
                               r % N_DBLK, H, T, D, NG, stride_l, stride_h, stride_t,
@@ -484,16 +493,18 @@ def _kivi_dequant_kernel(
     H, T, D, NG, NGD, N_DBLK, N_TBLK, N_KEY_PROGRAMS, stride_l, stride_h, stride_t,
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     SOFT_BF16: tl.constexpr, ROTATE: tl.constexpr, ROWS: tl.constexpr, GROUPS: tl.constexpr,
+    ROT_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if pid < N_KEY_PROGRAMS:
         n = (pid // (NG * N_DBLK)).to(tl.int64)
         r = pid % (NG * N_DBLK)
         if ROTATE:
+            NNB: tl.constexpr = BLOCK_D // ROT_N
             _dequant_keys_rot_block(k_scale_ptr, k_min_ptr, k_codes_ptr, rot_ptr, cs_ptr, k_out,
-                                    (pid // N_DBLK).to(tl.int64), pid % N_DBLK, H, T, D, NG,
-                                    stride_l, stride_h, stride_t, BITS, G, BLOCK_D, ROWS, GROUPS,
-                                    SOFT_BF16)
+                                    (pid // N_DBLK).to(tl.int64), pid % N_DBLK // NNB,
+                                    pid % N_DBLK % NNB, H, T, D, NG, stride_l, stride_h,
+                                    stride_t, BITS, G, BLOCK_D, ROWS, GROUPS, ROT_N, SOFT_BF16)
         else:
             _dequant_keys_block(k_scale_ptr, k_min_ptr, k_codes_ptr, k_out, n, r // N_DBLK,
                                 r % N_DBLK, H, T, D, NG, stride_l, stride_h, stride_t,
@@ -520,7 +531,7 @@ def kivi_quantize(x: torch.Tensor, bits: int, group_size: int = 32,
         return kivi_quantize_ref(x, bits, group_size, rotate_keys)
     payload = torch.empty(lay.nbytes, dtype=torch.uint8, device=x.device)
     k_in, v_in = _kv_views(x)
-    grid, sizes, blocks, warps = _grid(lay, rotate_keys)
+    grid, sizes, blocks, warps = _grid(lay, rotate_keys, "quant")
     k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     _kivi_quant_kernel[grid](
         k_in, v_in, k_scale, k_min, k_codes, v_scale, v_min, v_codes,
@@ -542,7 +553,7 @@ def kivi_dequantize(
     out = torch.empty(tuple(shape), dtype=dtype, device=payload.device)
     soft_bf16 = dtype == torch.bfloat16 and payload.device.type != "cuda"
     k_out, v_out = _kv_views(out.view(torch.int16) if soft_bf16 else out)
-    grid, sizes, blocks, warps = _grid(lay, rotate_keys)
+    grid, sizes, blocks, warps = _grid(lay, rotate_keys, "dequant")
     k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     _kivi_dequant_kernel[grid](
         k_scale, k_min, k_codes, v_scale, v_min, v_codes, k_out, v_out,
@@ -558,18 +569,22 @@ def _kv_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, 0], x[:, 1]
 
 
-def _grid(lay: KiviLayout,
-          rotate: bool) -> tuple[tuple[int], tuple[int, ...], dict[str, int], int]:
+def _grid(lay: KiviLayout, rotate: bool,
+          op: str) -> tuple[tuple[int], tuple[int, ...], dict[str, int], int]:
     """(1-D grid, the size arguments H..N_KEY_PROGRAMS, block constexprs, num_warps) from
-    LAUNCH. Rotated keys take all channels of `rotate_groups` consecutive groups per program;
-    their N_DBLK argument is the number of such blocks per head."""
+    LAUNCH. A rotated-key program reads all channels of `rotate_groups` consecutive groups and
+    writes `rotate_n_<op>` of them (op: "quant" or "dequant"; measured best apart,
+    docs/results/quant_h100_rotation_sweep.txt); N_DBLK is then (group blocks x channel blocks)
+    per head."""
     G = lay.group_size
     block_t = max(1, min(triton.next_power_of_2(lay.T), LAUNCH["values_tile"] // G))
     n_tblk = triton.cdiv(lay.T, block_t)
     groups = max(1, min(LAUNCH["rotate_groups"], lay.ng))
+    rot_n = 16
     if rotate:
         block_d = hadamard.padded_dim(lay.D)
-        n_dblk = triton.cdiv(lay.ng, groups)
+        rot_n = max(16, min(LAUNCH[f"rotate_n_{op}"], block_d))  # tl.dot: N >= 16
+        n_dblk = triton.cdiv(lay.ng, groups) * (block_d // rot_n)
         n_key = lay.L * lay.H * n_dblk
     else:
         block_d = min(triton.next_power_of_2(lay.D), max(16, LAUNCH["keys_tile"] // G))
@@ -580,7 +595,7 @@ def _grid(lay: KiviLayout,
     warps = LAUNCH["rotate_num_warps" if rotate else "num_warps"]
     # tl.dot needs >= 16 rows: a group's row slices (G / PPB tokens) are padded up to that.
     blocks = {"BLOCK_D": block_d, "BLOCK_T": block_t, "ROWS": max(16, G // lay.ppb),
-              "GROUPS": groups if rotate else 1}
+              "GROUPS": groups if rotate else 1, "ROT_N": rot_n}
     return (n_key + n_val,), sizes, blocks, warps
 
 

@@ -69,6 +69,24 @@ def test_kivi_rotated_kernels_match_reference(dtype, bits, geometry):
     assert (out[:, 0].float() - unrotated[:, 0].float()).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("launch", [
+    {"rotate_n_quant": 16, "rotate_n_dequant": 32, "rotate_groups": 1},
+    {"rotate_n_quant": 128, "rotate_n_dequant": 16, "rotate_groups": 4},
+], ids=["narrow", "mixed"])
+def test_kivi_rotated_launch_shapes_do_not_change_results(monkeypatch, launch):
+    """Output-channel blocks and groups per program split the same sums differently across
+    programs, never within one: the payload and the decoded keys are the same bit for bit."""
+    x = _kv((2, 2, 2, 100, 128), torch.bfloat16, seed=5)
+    payload = qk.kivi_quantize(x, 4, 16, backend="triton", rotate_keys=True)
+    out = qk.kivi_dequantize(payload, x.shape, 4, 16, torch.bfloat16, backend="triton",
+                             rotate_keys=True)
+    for key, value in launch.items():
+        monkeypatch.setitem(qk.LAUNCH, key, value)
+    assert torch.equal(qk.kivi_quantize(x, 4, 16, backend="triton", rotate_keys=True), payload)
+    assert torch.equal(qk.kivi_dequantize(payload, x.shape, 4, 16, torch.bfloat16,
+                                          backend="triton", rotate_keys=True), out)
+
+
 def test_kivi_rotation_needs_groups_of_16():
     x = torch.zeros(1, 2, 1, 8, 8)
     with pytest.raises(KernelInputError, match="group size >= 16"):
