@@ -49,12 +49,12 @@ from kvstore.errors import (
     ChecksumMismatch,
     KVStoreError,
     PermissionDenied,
-    QuotaExceeded,
 )
 from kvstore.tiers.disk import DiskTier
 from kvstore.tiers.memory import MemoryTier
 from kvstore.tiers.policy import EvictionPolicy, admit_to_disk, make_policy
 from kvstore.tiers.pool import Allocation
+from kvstore.tiers.quota import TenantQuotas
 from kvstore.tiers.stats import TierCounters
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,8 @@ class TierManager:
         # kvstore.codecs (torch kernels) is imported only by nodes with a codec policy
         self._codecs = config.tier_codec_policy() if config.tier_codecs else None
         self._index: dict[bytes, Entry] = {}
-        self._quotas = {t: spec["quota_bytes"] for t, spec in config.tenants.items()
-                        if spec.get("quota_bytes") is not None}
-        self._tenant_bytes: dict[str, int] = {}     # stored chunks, per tenant
-        self._tenant_reserved: dict[str, int] = {}  # puts in flight, per tenant
+        self._quotas = TenantQuotas({t: spec["quota_bytes"] for t, spec in config.tenants.items()
+                                     if spec.get("quota_bytes") is not None})
         self._children: dict[bytes, set[bytes]] = {}
         self._prefetching: set[bytes] = set()
         self._prefetch_pool = ThreadPoolExecutor(config.prefetch_workers,
@@ -170,11 +168,14 @@ class TierManager:
         top = self.mem_tiers[0]
         with self._lock:
             self._check_owner(info.key, namespace)
-            self._reserve_quota(tenant, info.payload_bytes, self._index.get(info.key))
+            replaced = self._index.get(info.key)
+            # a put that replaces the tenant's own chunk frees that chunk's bytes
+            credit = replaced.charged if replaced is not None and replaced.tenant == tenant else 0
+            self._quotas.reserve(tenant, info.payload_bytes, credit)
             try:
                 alloc = self._make_room(0, info.payload_bytes)
             except BaseException:
-                self._tenant_reserved[tenant] -= info.payload_bytes
+                self._quotas.release(tenant, info.payload_bytes)
                 raise
         res = PutReservation(self, info, namespace, top, alloc, tenant=tenant,
                              reserved=info.payload_bytes)
@@ -229,36 +230,22 @@ class TierManager:
             raise PermissionDenied(f"chunk {key.hex()} belongs to another namespace; "
                                    "not replaced")
 
-    def _reserve_quota(self, tenant: str, nbytes: int, replaced: Entry | None) -> None:
-        quota = self._quotas.get(tenant)
-        used = self._tenant_bytes.get(tenant, 0)
-        pending = self._tenant_reserved.get(tenant, 0)
-        # a put that replaces the tenant's own chunk frees that chunk's bytes
-        credit = replaced.charged if replaced is not None and replaced.tenant == tenant else 0
-        if quota is not None and used + pending - credit + nbytes > quota:
-            raise QuotaExceeded(
-                f"tenant {tenant!r} is over its quota on this node: quota {quota} bytes, used "
-                f"{used} bytes (+{pending} being put), this chunk needs {nbytes} bytes; delete "
-                f"chunks or raise tenants[{tenant!r}].quota_bytes")
-        self._tenant_reserved[tenant] = pending + nbytes
-
     def _unreserve(self, res: PutReservation) -> None:
         if res.reserved:
-            self._tenant_reserved[res.tenant] -= res.reserved
+            self._quotas.release(res.tenant, res.reserved)
             res.reserved = 0
 
     def _charge(self, entry: Entry) -> None:
         """Count the entry's current payload size in its tenant's usage (again after its info
         changed: a re-encoding on demotion changes the stored size)."""
-        delta = entry.info.payload_bytes - entry.charged
+        self._quotas.charge(entry.tenant, entry.info.payload_bytes - entry.charged)
         entry.charged = entry.info.payload_bytes
-        self._tenant_bytes[entry.tenant] = self._tenant_bytes.get(entry.tenant, 0) + delta
 
     def tenant_usage(self) -> dict[str, int]:
         """tenant -> payload bytes of its chunks on this node (each chunk once, whatever its
         tiers; "" = chunks put without a tenant). Tenants with nothing stored are left out."""
         with self._lock:
-            return {t: n for t, n in self._tenant_bytes.items() if n}
+            return self._quotas.usage()
 
     # ---- get -------------------------------------------------------------------------------
     def get(self, key: bytes, namespace: str | None = None) -> Lease | None:
@@ -408,7 +395,7 @@ class TierManager:
         entry = self._index.pop(key, None)
         if entry is None:
             return False
-        self._tenant_bytes[entry.tenant] -= entry.charged
+        self._quotas.charge(entry.tenant, -entry.charged)
         entry.charged = 0
         for policy in self._policy.values():
             policy.remove(key)
