@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -49,6 +48,7 @@ from kvstore.keys import KeyScheme
 from kvstore.ring import DEFAULT_VNODES_PER_WEIGHT
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore_client.aio import AsyncKVStoreClient, ClientOptions
+from kvstore_client.loop_thread import LoopThread
 from kvstore_client.membership import ClusterView, Member, MembershipSource, Placement
 from kvstore_client.retry import RetryPolicy
 from kvstore_client.security import ClientSecurity
@@ -461,7 +461,7 @@ class ClusterClient:
 
     def __init__(self, scheme: KeyScheme, members: Sequence[Member] | None = None,
                  **kw: Any) -> None:
-        self._loop = _LoopThread("kvstore-cluster-client")
+        self._loop = LoopThread("kvstore-cluster-client")
         try:
             self._client: AsyncClusterClient = self._loop.run(
                 AsyncClusterClient.connect(scheme, members, **kw))
@@ -512,27 +512,6 @@ class ClusterClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _LoopThread:
-    """An event loop running forever in a daemon thread (the pattern of KVStoreClient)."""
-
-    def __init__(self, name: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._loop.is_running()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
 
 
 async def _call_soon(fn: Callable[..., T], *args: Any) -> T:

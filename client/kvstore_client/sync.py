@@ -5,20 +5,17 @@ Safe to call from several threads at once (calls are scheduled onto the one loop
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from kvstore.keys import KeyScheme
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore_client.aio import AsyncKVStoreClient, LookupResult
+from kvstore_client.loop_thread import LoopThread
 from kvstore_client.security import ClientSecurity
 from kvstore_client.tensors import BytesLike
-
-T = TypeVar("T")
 
 
 class KVStoreClient:
@@ -26,19 +23,14 @@ class KVStoreClient:
                  **options: Any) -> None:
         """``security``: token and TLS settings (None = ClientSecurity.from_env()); ``options``:
         ClientOptions fields."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="kvstore-client")
-        self._thread.start()
+        self._loop = LoopThread("kvstore-client")
         try:
-            self._client: AsyncKVStoreClient = self._run(
+            self._client: AsyncKVStoreClient = self._loop.run(
                 AsyncKVStoreClient.connect(address, scheme, security, **options))
         except BaseException:
-            self._stop_loop()
+            self._loop.stop()
             raise
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        self._run = self._loop.run
 
     @property
     def scheme(self) -> KeyScheme:
@@ -78,14 +70,9 @@ class KVStoreClient:
         return self._client.corrupt_received
 
     def close(self) -> None:
-        if self._loop.is_running():
+        if self._loop.running:
             self._run(self._client.close())
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
+            self._loop.stop()
 
     def __enter__(self) -> KVStoreClient:
         return self
