@@ -4,7 +4,8 @@
 
 The chunk is Llama-3-8B-shaped KV in bf16 (32 layers, 8 KV heads, head_dim 128): 512 tokens make
 [32, 2, 8, 512, 128] = 64 MiB. In one run it times torch's copy of the chunk and, for fp8-e4m3,
-kivi-int4 and kivi-int2, the Triton quantize and dequantize kernels (CUDA events, median of
+kivi-int4 and kivi-int2 (KIVI with its default key rotation, and "norot" without), the Triton
+quantize and dequantize kernels (CUDA events, median of
 --reps after --warmup). Each kernel's bandwidth counts the bytes it reads plus the bytes it
 writes, like the copy's (2 x 64 MiB); "share" is kernel GB/s / copy GB/s (the target is >= 50%).
 Before timing, every kernel is checked against its plain-torch reference on the same data
