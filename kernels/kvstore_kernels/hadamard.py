@@ -66,8 +66,9 @@ def rotate_ref(k: torch.Tensor) -> torch.Tensor:
 
 
 def unrotate_ref(y: torch.Tensor) -> torch.Tensor:
-    """y [..., D] fp32 -> fp32 y R^T, computed as the kernels do (y * c rounded to fp16 first,
-    clamped to the fp16 range so that a hostile payload decodes to finite values)."""
+    """y [..., D] fp32 -> fp32 y R^T, computed as the kernels do (y * c clamped to the fp16
+    range and rounded to fp16 first: the tensor-core input; a hostile payload can still decode
+    to +-inf in an fp16 output, as its values can)."""
     d = y.shape[-1]
     p, c = rotation(d, y.device)
     yc = (y * c[:d]).clamp(-FP16_MAX, FP16_MAX).half().float()

@@ -67,6 +67,9 @@ LAUNCH = {"keys_tile": 1024, "values_tile": 2048, "num_warps": 2, "rotate_num_wa
           "rotate_groups": 8, "rotate_n_quant": 64, "rotate_n_dequant": 128}
 # tl.dot needs at least 16 rows: a rotated key group is one tile of G tokens.
 MIN_ROTATED_GROUP = 16
+# A rotated-key program holds all of a token's channels (and P's rows): measured up to 128 on
+# GPUs; 256 is allowed, larger head dims are refused (their tiles would not fit on chip).
+MAX_ROTATED_HEAD_DIM = 256
 
 
 # ----------------------------------------------------------------------------- layout
@@ -422,7 +425,7 @@ def _dequant_keys_rot_block(
         m = tl.load(min_ptr + (n * NG + g) * D + dv, mask=ok, other=0.0).to(tl.float32)
         for j in tl.static_range(PPB):  # token r*PPB + j from bits j*BITS of byte row r
             y = m[None, :] + ((b >> (j * BITS)) & LEVELS).to(tl.float32) * s[None, :]
-            yc = tl.minimum(tl.maximum(y * cs[None, :], -65504.0), 65504.0)  # finite if hostile
+            yc = tl.minimum(tl.maximum(y * cs[None, :], -65504.0), 65504.0)  # fp16 dot input
             k = tl.dot(yc.to(tl.float16), pt)
             t = g * G + r * PPB + j
             _store_f32(base + t * stride_t + nv[None, :], k,
@@ -535,7 +538,7 @@ def kivi_quantize(x: torch.Tensor, bits: int, group_size: int = 32,
     k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     _kivi_quant_kernel[grid](
         k_in, v_in, k_scale, k_min, k_codes, v_scale, v_min, v_codes,
-        *hadamard.rotation(lay.D, x.device), *sizes, *k_in.stride()[:3],
+        *_rotation_args(lay, rotate_keys, k_scale), *sizes, *k_in.stride()[:3],
         BITS=bits, G=group_size, **blocks, ROTATE=rotate_keys, num_warps=warps,
     )
     return payload
@@ -557,11 +560,18 @@ def kivi_dequantize(
     k_scale, k_min, v_scale, v_min, k_codes, v_codes = lay.flat_views(payload)
     _kivi_dequant_kernel[grid](
         k_scale, k_min, k_codes, v_scale, v_min, v_codes, k_out, v_out,
-        *hadamard.rotation(lay.D, payload.device), *sizes, *k_out.stride()[:3],
+        *_rotation_args(lay, rotate_keys, k_scale), *sizes, *k_out.stride()[:3],
         BITS=bits, G=group_size, **blocks, SOFT_BF16=soft_bf16, ROTATE=rotate_keys,
         num_warps=warps,
     )
     return out
+
+
+def _rotation_args(lay: KiviLayout, rotate: bool,
+                   dummy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, c) for rotated keys; unrotated launches pass any tensor (never read), so that they do
+    not build and cache a D x D matrix."""
+    return hadamard.rotation(lay.D, dummy.device) if rotate else (dummy, dummy)
 
 
 def _kv_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -579,7 +589,7 @@ def _grid(lay: KiviLayout, rotate: bool,
     G = lay.group_size
     block_t = max(1, min(triton.next_power_of_2(lay.T), LAUNCH["values_tile"] // G))
     n_tblk = triton.cdiv(lay.T, block_t)
-    groups = max(1, min(LAUNCH["rotate_groups"], lay.ng))
+    groups = LAUNCH["rotate_groups"]  # fixed, not min(., ng): one compiled kernel per shape class
     rot_n = 16
     if rotate:
         block_d = hadamard.padded_dim(lay.D)
@@ -684,10 +694,13 @@ def _unpack(packed: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_rotation(rotate_keys: bool, group_size: int) -> None:
+def _check_rotation(rotate_keys: bool, group_size: int, head_dim: int) -> None:
     if rotate_keys and group_size < MIN_ROTATED_GROUP:
         raise KernelInputError(f"KIVI key rotation needs group size >= {MIN_ROTATED_GROUP} "
                                f"(a tensor-core dot over the group's tokens), got {group_size}")
+    if rotate_keys and head_dim > MAX_ROTATED_HEAD_DIM:
+        raise KernelInputError(f"KIVI key rotation supports head dims up to "
+                               f"{MAX_ROTATED_HEAD_DIM}, got {head_dim}")
 
 
 def _check_input(x: torch.Tensor, bits: int, group_size: int, rotate_keys: bool) -> KiviLayout:
@@ -695,8 +708,8 @@ def _check_input(x: torch.Tensor, bits: int, group_size: int, rotate_keys: bool)
         raise KernelInputError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in KIVI_DTYPES:
         raise KernelInputError(f"KIVI quantizes float16/bfloat16/float32, got {x.dtype}")
-    _check_rotation(rotate_keys, group_size)
     lay = kivi_layout(x.shape, bits, group_size)
+    _check_rotation(rotate_keys, group_size, lay.D)
     if x.stride(-1) != 1:
         raise KernelInputError("KIVI input must have a contiguous last dimension")
     return lay
@@ -706,8 +719,8 @@ def _check_payload(payload: torch.Tensor, shape, bits: int, group_size: int,
                    dtype: torch.dtype, rotate_keys: bool) -> KiviLayout:
     if dtype not in KIVI_DTYPES:
         raise KernelInputError(f"KIVI output dtype must be float16/bfloat16/float32, got {dtype}")
-    _check_rotation(rotate_keys, group_size)
     lay = kivi_layout(shape, bits, group_size)
+    _check_rotation(rotate_keys, group_size, lay.D)
     if payload.dtype != torch.uint8 or payload.dim() != 1 or not payload.is_contiguous():
         raise KernelInputError("KIVI payload must be a contiguous 1-D uint8 tensor")
     if payload.numel() != lay.nbytes:
@@ -719,7 +732,8 @@ def _check_payload(payload: torch.Tensor, shape, bits: int, group_size: int,
 
 
 __all__ = [
-    "GROUP_SIZES", "KIVI_BITS", "KIVI_DTYPES", "MIN_ROTATED_GROUP", "KiviLayout", "kivi_dequantize",
+    "GROUP_SIZES", "KIVI_BITS", "KIVI_DTYPES", "MAX_ROTATED_HEAD_DIM", "MIN_ROTATED_GROUP",
+    "KiviLayout", "kivi_dequantize",
     "kivi_dequantize_ref", "kivi_layout", "kivi_payload_nbytes", "kivi_quantize",
     "kivi_quantize_ref",
 ]

@@ -83,10 +83,11 @@ class KiviCodec(Codec):
     channels; asymmetric min/max with fp16 scale and zero point; codes packed tightly.
 
     key_rotation "hadamard" (the default for group_size >= 16; "none" below, where the kernels
-    cannot rotate) rotates every key vector by a fixed orthogonal
-    Walsh-Hadamard matrix before quantizing and back after (kvstore_kernels/hadamard.py): same
-    bytes, a third less KL on SmolLM2 (docs/BENCHMARKS.md). Stored chunks without the param were
-    written before it existed and decode as "none"."""
+    cannot rotate) rotates every key vector by a fixed orthogonal Walsh-Hadamard matrix before
+    quantizing and back after (kvstore_kernels/hadamard.py): same bytes, about a quarter less KL
+    on SmolLM2 (5.6e-3 -> 4.3e-3, docs/BENCHMARKS.md). Head dims above MAX_ROTATED_HEAD_DIM
+    (256) are encoded unrotated and say so in their params. Stored chunks without the param
+    were written before it existed and decode as "none"."""
 
     lossy = True
     user_param_names = frozenset({"group_size", "key_rotation"})
@@ -101,7 +102,8 @@ class KiviCodec(Codec):
             raise InvalidArgument(f"codec {self.name!r} takes only group_size and key_rotation, "
                                   f"got {sorted(kwargs)}")
         if key_rotation is None:  # the default where it applies: rotation needs groups of 16
-            small = str(group_size).isdigit() and int(str(group_size)) < _min_rotated_group()
+            raw = str(group_size)
+            small = raw.isascii() and raw.isdigit() and int(raw) < _min_rotated_group()
             key_rotation = "none" if small else DEFAULT_KEY_ROTATION
         params = {"group_size": str(group_size), "key_rotation": str(key_rotation)}
         self._settings(params)
@@ -133,19 +135,26 @@ class KiviCodec(Codec):
                                   f"got shape {shape}")
 
     def payload_nbytes(self, params: Params, dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-        g, _ = self._settings(params)
+        g, rotate = self._settings(params)
         self.check_encodable(dtype, shape)
-        return _kernels("quant_kivi").kivi_payload_nbytes(shape, self.bits, g)
+        qk = _kernels("quant_kivi")
+        if rotate and shape[-1] > qk.MAX_ROTATED_HEAD_DIM:
+            raise InvalidArgument(f"{self.name}: key_rotation 'hadamard' supports head dims up "
+                                  f"to {qk.MAX_ROTATED_HEAD_DIM}, got {shape[-1]}")
+        return qk.kivi_payload_nbytes(shape, self.bits, g)
 
     def encode(self, x: torch.Tensor, params: dict[str, str],
                backend: str) -> tuple[torch.Tensor, dict[str, str]]:
         g, rotate = self._settings(params)
+        qk = _kernels("quant_kivi")
+        if rotate and x.shape[-1] > qk.MAX_ROTATED_HEAD_DIM:
+            # too wide for the rotated kernels' tiles: store unrotated, and say so
+            rotate, params = False, {**params, "key_rotation": "none"}
         check_values(self.name, x, FP16_MAX)
         if rotate:
             # A rotated key can grow to sqrt(D) times the largest |k| (all of a vector's norm in
             # one channel); its fp16 zero point and scale must still fit.
             check_values(self.name, x[:, 0], FP16_MAX / math.sqrt(x.shape[-1]))
-        qk = _kernels("quant_kivi")
         return qk.kivi_quantize(x, self.bits, g, backend=backend, rotate_keys=rotate), params
 
     def decode(self, payload: torch.Tensor, params: Params, dtype: torch.dtype,

@@ -76,7 +76,7 @@ def test_kivi_params_out_buffer_and_device(start_node, connect, scheme):
     (y,) = c.get_many([key], out=[out], device="cpu")
     assert y.data_ptr() != out.data_ptr()          # a new decoded tensor, not a view of out
     assert torch.equal(out[:n], encode(x, "kivi-int4", group_size=64).payload)
-    bounds.assert_within(y, x, bounds.kivi_bound(x, 4, 64))
+    bounds.assert_kivi_within(y, x, 4, 64)
 
 
 def test_identity_get_into_out_stays_a_view(start_node, connect, scheme):
@@ -141,7 +141,7 @@ def test_node_encodes_on_demotion_and_client_decodes_after_restart(start_node, n
     assert raw.dtype == torch.uint8 and raw.numel() < RAW // 3
     (y,) = c.get_many(keys[:1])
     assert y.dtype == torch.float16 and tuple(y.shape) == SHAPE
-    bounds.assert_within(y, xs[0], bounds.kivi_bound(xs[0], 4, 32))
+    bounds.assert_kivi_within(y, xs[0], 4, 32)
 
     c.close()
     start_node.stop(node)

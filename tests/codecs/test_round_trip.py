@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from codec_bounds import assert_within, fp8_bound, kivi_bound
+from codec_bounds import assert_kivi_within, assert_within, fp8_bound
 
 from kvstore import codecs
 from kvstore.errors import InvalidArgument
@@ -94,7 +94,7 @@ def test_kivi_quantizes_keys_per_channel_and_values_per_token(bits):
     x[:, 0, :, :, 5] *= 1000
     x[:, 1, :, 7, :] *= 1000
     _, out = _round_trip(x, f"kivi-int{bits}", key_rotation="none")
-    assert_within(out, x, kivi_bound(x, bits, 32, "none"))
+    assert_kivi_within(out, x, bits, 32, "none")
     err = (out - x).abs()
     normal_keys = torch.cat([err[:, 0, ..., :5], err[:, 0, ..., 6:]], dim=-1)
     normal_values = torch.cat([err[:, 1, :, :7], err[:, 1, :, 8:]], dim=2)
@@ -113,7 +113,7 @@ def test_kivi_error_bound_with_padding(dtype, bits, group_size, T, D, rotation):
     x = _kv(T=T, D=D, dtype=dtype, seed=5)
     enc, out = _round_trip(x, f"kivi-int{bits}", group_size=group_size, key_rotation=rotation)
     assert enc.codec_params == {"group_size": str(group_size), "key_rotation": rotation}
-    assert_within(out, x, kivi_bound(x, bits, group_size, rotation))
+    assert_kivi_within(out, x, bits, group_size, rotation)
 
 
 def test_kivi_constant_groups_decode_exactly():
@@ -136,10 +136,27 @@ def test_kivi_key_rotation_is_the_default_and_spreads_an_outlier_channel():
     enc, rotated = _round_trip(x, "kivi-int4")
     assert enc.codec_params["key_rotation"] == "hadamard"
     _, plain = _round_trip(x, "kivi-int4", key_rotation="none")
-    assert_within(rotated, x, kivi_bound(x, 4, 32, "hadamard"))
-    assert_within(plain, x, kivi_bound(x, 4, 32, "none"))
+    assert_kivi_within(rotated, x, 4, 32, "hadamard")
+    assert_kivi_within(plain, x, 4, 32, "none")
     assert not torch.equal(rotated, plain)  # a different transform, not a no-op
     assert torch.equal(rotated[:, 1], plain[:, 1])  # values are not rotated
+
+
+@pytest.mark.parametrize("bits, group_size, T, D", [(2, 64, 200, 128), (4, 32, 64, 64)])
+def test_kivi_rotated_bound_catches_broken_decoders(bits, group_size, T, D):
+    """The check the rotated round trips rely on can fail: zero keys, or keys left in the rotated
+    basis (no inverse rotation), are far outside it while the real decode is inside."""
+    x = _kv(T=T, D=D, dtype=torch.float32, seed=10)
+    enc, out = _round_trip(x, f"kivi-int{bits}", group_size=group_size)
+    assert_kivi_within(out, x, bits, group_size)
+    zeros = out.clone()
+    zeros[:, 0] = 0
+    no_inverse = codecs.decode(enc.to_bytes(), enc.codec, {**enc.codec_params,
+                                                            "key_rotation": "none"},
+                               enc.dtype, enc.shape)
+    for broken in (zeros, no_inverse):
+        with pytest.raises(AssertionError, match="key vectors exceed the bound"):
+            assert_kivi_within(broken, x, bits, group_size)
 
 
 def test_kivi_chunk_stored_without_key_rotation_decodes_unrotated():
@@ -163,6 +180,21 @@ def test_kivi_bad_rotation_params_are_refused(params, message):
 def test_kivi_small_groups_default_to_no_rotation():
     enc = codecs.encode(_kv(), "kivi-int4", group_size=8)
     assert enc.codec_params == {"group_size": "8", "key_rotation": "none"}
+
+
+def test_kivi_head_dims_above_256_are_stored_unrotated_and_say_so():
+    x = _kv(L=1, H=1, T=32, D=320, dtype=torch.float16, seed=11)
+    enc, out = _round_trip(x, "kivi-int4")
+    assert enc.codec_params == {"group_size": "32", "key_rotation": "none"}
+    assert_kivi_within(out, x, 4, 32, "none")
+    with pytest.raises(InvalidArgument, match="head dims up to 256"):
+        codecs.validate("kivi-int4", {"group_size": "32", "key_rotation": "hadamard"},
+                        "float16", x.shape, enc.nbytes)
+
+
+def test_kivi_non_ascii_digits_are_invalid_argument():
+    with pytest.raises(InvalidArgument, match="group_size"):
+        codecs.encode(_kv(), "kivi-int4", group_size="\u00b2")
 
 
 def test_kivi_rotated_keys_must_fit_fp16_after_rotation():

@@ -44,9 +44,10 @@ def test_kivi_kernels_match_reference(dtype, bits, geometry):
 
 
 # Rotated keys (kvstore_kernels/hadamard.py): D = 24 and 80 are block-diagonal (16 + 8, 64 + 16);
-# T = 100 with G = 16 is 7 groups, so the last program's block of LAUNCH["rotate_groups"] (4) is
-# partial.
-ROTATED_GEOMETRIES = ((16, 37, 24), (32, 64, 64), (16, 5, 80), (16, 100, 64))
+# T = 100 and 300 with G = 16 are 7 and 19 groups: with LAUNCH["rotate_groups"] = 8 groups per
+# program, one block is partial and, for 300, several are whole.
+ROTATED_GEOMETRIES = ((16, 37, 24), (32, 64, 64), (16, 5, 80), (16, 100, 64),
+                      (16, 300, 64))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
