@@ -259,11 +259,12 @@ def _quant_keys_rot_block(
     BITS: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
     GROUPS: tl.constexpr, ROT_N: tl.constexpr,
 ):
-    # GROUPS consecutive key groups, all channels each (the rotation mixes a token's channels).
-    # P (32 KiB at D = 128) is loaded once per program, not once per group: per group it was 4x
-    # the group's own bytes. Like the unrotated kernel, each group is PPB row slices [G/PPB, D]
-    # (one tl.dot each) so that min/max and packing stay 2-D in the dot's layout. int4 keeps its
-    # two slices live; int2's four would spill, so its second pass recomputes the dots.
+    # GROUPS consecutive key groups, all input channels each (the rotation mixes a token's
+    # channels), output channels nv only. P's block is loaded once per program, not once per
+    # group (per group it cost more than the group's own bytes). Like the unrotated kernel, each
+    # group is PPB row slices [G/PPB, D] (one tl.dot each) so that min/max and packing stay 2-D
+    # in the dot's layout. int4 keeps its two slices live; int2's four would spill, so its second
+    # pass recomputes the dots.
     PPB: tl.constexpr = 8 // BITS
     LEVELS: tl.constexpr = (1 << BITS) - 1
     dv = tl.arange(0, BLOCK_D)  # input channels: all of them
