@@ -1,18 +1,26 @@
-"""A local cluster built for fault injection: redis-server, N `kvstore serve` processes, and a
-proxy on every link that faults act on.
+"""A local cluster built for fault injection: redis-server, N `kvstore serve` processes, a proxy
+on the links that latency and loss act on, and one node in a network namespace of its own, whose
+veth link the partition fault cuts.
 
-    client ──▶ 127.0.0.1:P  (LinkProxy "grpc")  ──▶ 127.0.0.<10+i>:P  node i (gRPC)
-    client ──▶ 127.0.0.1:D  (LinkProxy "data")  ──▶ 127.0.0.<10+i>:D  node i (data plane)
-    node i ──▶ 127.0.0.1:Ri (LinkProxy "redis") ──▶ 127.0.0.1:R       redis-server
+    host netns (H = 10.213.x.y+1, the host end of the veth pair; N = its namespace end, +2)
+    client ──▶ H:P   (LinkProxy "grpc")  ──▶ 127.0.0.<10+i>:P  node i >= 1 (gRPC)
+    client ──▶ H:D   (LinkProxy "data")  ──▶ 127.0.0.<10+i>:D  node i >= 1 (data plane)
+    node i ──▶ 127.0.0.1:Ri (LinkProxy "redis") ──▶ 127.0.0.1:R  redis-server
+    netns kvchaos-<token>: node 0 on 0.0.0.0:P0 / :D0, advertised as N:P0
+    client, peers ──▶ N:P0, N:D0 ──(veth)──▶ node 0
+    node 0 ──(veth)──▶ H:R0 (LinkProxy "redis") ──▶ 127.0.0.1:R;  node 0 ──(veth)──▶ H:Pj peers
 
-Each node listens on its own loopback address and advertises 127.0.0.1 with the same port
-numbers, so its member address in Redis (its node id), the data port its Handshake returns, and
-the peers' rebalancing traffic all go through its proxies. ``ChaosNode.direct_address`` bypasses
-them: the test reads a node's own metrics there even while its link is cut.
+Nodes advertise those addresses, so their member ids in Redis, the data port a Handshake returns
+and the peers' rebalancing traffic all take the same links; every connection node 0 has, in and
+out, crosses its veth pair. ``ChaosNode.direct_address`` bypasses the links: the test reads a
+node's own metrics there even while its link is cut (nodes >= 1: their private loopback
+address; node 0: a console proxy on 127.0.0.1 that dials the namespace's own loopback, which no
+cut touches, and which only the test's Probe uses).
 
 Nodes keep chunks in a small CPU tier (so many live only on disk) and write every chunk through
 to disk, so a kill -9 loses at most the few writes still queued. A node given ``tmpfs_bytes``
-keeps its data dir on a tmpfs of that size (root; mount failure is an error, never a skip).
+keeps its data dir on a tmpfs of that size (root; mount failure is an error, never a skip), and
+a namespace that cannot be created (no root, no iproute2) is an error too.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from kvstore import procs
+from kvstore.chaos.netns import NetNamespace
 from kvstore.chaos.proxy import LinkProxy, ProxyHub
 from kvstore.cluster.membership import DEFAULT_PREFIX
 from kvstore.procs import wait_for
@@ -72,14 +82,17 @@ class Tmpfs:
 @dataclass
 class ChaosNode:
     index: int
-    private_host: str
+    public_host: str     # advertised: what clients and peers dial
+    private_host: str    # past its links (ChaosCluster's doc)
     port: int
     data_port: int
     data_dir: str
     log_path: str
-    grpc_proxy: LinkProxy
-    data_proxy: LinkProxy
     redis_proxy: LinkProxy
+    grpc_proxy: LinkProxy | None = None   # None: a node in a namespace (its link is the veth)
+    data_proxy: LinkProxy | None = None
+    netns: NetNamespace | None = None
+    bind_host: str = ""
     args: tuple[str, ...] = ()
     proc: procs.Proc | None = None
     starts: int = 0
@@ -87,16 +100,17 @@ class ChaosNode:
 
     @property
     def node_id(self) -> str:
-        """Its member id and public address (through the proxies)."""
-        return f"127.0.0.1:{self.port}"
+        """Its member id and public address."""
+        return f"{self.public_host}:{self.port}"
 
     @property
     def direct_address(self) -> str:
         return f"{self.private_host}:{self.port}"
 
     @property
-    def proxies(self) -> tuple[LinkProxy, LinkProxy, LinkProxy]:
-        return self.grpc_proxy, self.data_proxy, self.redis_proxy
+    def proxies(self) -> tuple[LinkProxy, ...]:
+        return tuple(p for p in (self.grpc_proxy, self.data_proxy, self.redis_proxy)
+                     if p is not None)
 
     @property
     def pid(self) -> int:
@@ -127,10 +141,12 @@ class ChaosCluster:
     tmpfs_bytes: dict[int, int] = field(default_factory=dict)  # node index -> tmpfs size
     node_args: Sequence[str] = NODE_ARGS
     ttl_s: float = HEARTBEAT_TTL_S
+    netns_node: int | None = 0  # the node alone in a network namespace (the partition target)
     nodes: list[ChaosNode] = field(default_factory=list)
     redis: procs.Proc | None = None
     redis_port: int = 0
     hub: ProxyHub | None = None
+    netns: NetNamespace | None = None
 
     @property
     def redis_url(self) -> str:
@@ -148,33 +164,60 @@ class ChaosCluster:
         self.redis = procs.start_redis()
         self.redis_port = self.redis.port
         self.hub = ProxyHub(seed=7)
+        public = "127.0.0.1"
+        if self.netns_node is not None:
+            self.netns = NetNamespace().create()
+            public = self.netns.host_ip  # reachable from the host and from the namespace
         for i in range(self.n_nodes):
-            host = f"127.0.0.{10 + i}"
-            grpc_p = self.hub.add(f"node{i}-grpc", (host, 0))
-            port = grpc_p.listen[1]
-            data_p = self.hub.add(f"node{i}-data", (host, 0))
-            data_port = data_p.listen[1]
-            grpc_p.upstream, data_p.upstream = (host, port), (host, data_port)
-            redis_p = self.hub.add(f"node{i}-redis", ("127.0.0.1", self.redis_port))
-            data_dir = self.root / f"node-{i}"
-            node = ChaosNode(i, host, port, data_port, str(data_dir),
-                             str(self.root / f"node-{i}.log"), grpc_p, data_p, redis_p)
+            node = (self._netns_node(i) if i == self.netns_node else self._proxied_node(i, public))
             if i in self.tmpfs_bytes:
-                node.tmpfs = Tmpfs(data_dir, self.tmpfs_bytes[i])
+                node.tmpfs = Tmpfs(node.data_dir, self.tmpfs_bytes[i])
                 node.tmpfs.mount()
-            node.args = ("--redis-url", f"redis://{redis_p.address}", "--advertise-host",
-                         "127.0.0.1", "--heartbeat-ttl-s", str(self.ttl_s), *self.node_args)
             self.nodes.append(node)
         with ThreadPoolExecutor(self.n_nodes) as pool:  # each imports torch: start together
             list(pool.map(lambda n: self.start_node(n, timeout_s), self.nodes))
         wait_for(lambda: self.members() == {n.node_id for n in self.nodes}, timeout_s,
                  "every node to register")
 
+    def _proxied_node(self, i: int, public: str) -> ChaosNode:
+        assert self.hub is not None
+        host = f"127.0.0.{10 + i}"
+        grpc_p = self.hub.add(f"node{i}-grpc", (host, 0), host=public)
+        data_p = self.hub.add(f"node{i}-data", (host, 0), host=public)
+        grpc_p.upstream, data_p.upstream = (host, grpc_p.listen[1]), (host, data_p.listen[1])
+        redis_p = self.hub.add(f"node{i}-redis", ("127.0.0.1", self.redis_port))
+        node = ChaosNode(i, public, host, grpc_p.listen[1], data_p.listen[1],
+                         str(self.root / f"node-{i}"), str(self.root / f"node-{i}.log"),
+                         redis_p, grpc_p, data_p, bind_host=host)
+        node.args = ("--redis-url", f"redis://{redis_p.address}", "--advertise-host", public,
+                     "--heartbeat-ttl-s", str(self.ttl_s), *self.node_args)
+        return node
+
+    def _netns_node(self, i: int) -> ChaosNode:
+        assert self.hub is not None and self.netns is not None
+        ns = self.netns
+        # the console: 127.0.0.1:P here -> the namespace's loopback, same port numbers
+        console = [self.hub.add(f"node{i}-console-{w}", ("127.0.0.1", 0)) for w in ("grpc", "data")]
+        for c in console:
+            c.upstream, c.upstream_netns = ("127.0.0.1", c.listen[1]), ns.name
+        redis_p = self.hub.add(f"node{i}-redis", ("127.0.0.1", self.redis_port), host=ns.host_ip)
+        node = ChaosNode(i, ns.ns_ip, "127.0.0.1", console[0].listen[1], console[1].listen[1],
+                         str(self.root / f"node-{i}"), str(self.root / f"node-{i}.log"),
+                         redis_p, netns=ns, bind_host="0.0.0.0")
+        # 0.0.0.0 inside the namespace is its veth address and its own loopback; off loopback
+        # a node wants TLS and tokens, or insecure: true, which a local test cluster may say
+        node.args = ("--redis-url", f"redis://{redis_p.address}", "--advertise-host", ns.ns_ip,
+                     "--insecure", "--heartbeat-ttl-s", str(self.ttl_s), *self.node_args)
+        return node
+
     def start_node(self, node: ChaosNode, timeout_s: float = 90.0) -> None:
         """Start (or restart, same ports and data dir) the node's `kvstore serve` process."""
-        node.proc = procs.start_node(node.data_dir, node.args, host=node.private_host,
-                                     port=node.port, data_port=node.data_port,
-                                     timeout_s=timeout_s, log_path=node.log_path)
+        if node.netns is None:
+            node.proc = procs.start_node(node.data_dir, node.args, host=node.bind_host,
+                                         port=node.port, data_port=node.data_port,
+                                         timeout_s=timeout_s, log_path=node.log_path)
+        else:
+            node.proc = _start_in_netns(node, timeout_s)
         node.starts += 1
 
     def kill_node(self, node: ChaosNode) -> int:
@@ -250,3 +293,25 @@ class ChaosCluster:
         for n in self.nodes:
             if n.tmpfs is not None:
                 n.tmpfs.unmount()
+        if self.netns is not None:  # after its node process is gone
+            self.netns.close()
+
+
+def _start_in_netns(node: ChaosNode, timeout_s: float) -> procs.Proc:
+    """procs.start_node, run inside the node's namespace (``ip netns exec`` execs: the pid is
+    the node's), waited for at its public address: across the veth, as its clients dial it."""
+    assert node.netns is not None
+    cmd = [*node.netns.exec_prefix(), sys.executable, "-m", "kvstore.cli.main", "serve",
+           "--host", node.bind_host, "--port", str(node.port), "--data-port",
+           str(node.data_port), "--data-dir", node.data_dir, *node.args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
+    with open(node.log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    p = procs.Proc(proc, node.public_host, node.port, node.data_port)
+    try:
+        procs.wait_port(node.public_host, node.port, timeout_s, proc)
+        procs.wait_port(node.public_host, node.data_port, timeout_s, proc)
+    except BaseException:
+        p.kill()
+        raise
+    return p

@@ -156,6 +156,8 @@ class LinkFault(FaultInjector):
 
     def __init__(self, log: FaultLog, node: ChaosNode, latency_s: float, reset_p: float) -> None:
         super().__init__(log, node.node_id)
+        if node.grpc_proxy is None or node.data_proxy is None:
+            raise FaultError(f"node {node.node_id} has no proxies on its links")
         self.proxies: tuple[LinkProxy, ...] = (node.grpc_proxy, node.data_proxy)
         self.latency_s, self.reset_p = latency_s, reset_p
         self._before: dict[str, dict[str, int]] = {}
@@ -177,30 +179,47 @@ class LinkFault(FaultInjector):
 
 
 class Partition(FaultInjector):
-    """Cut a node off: its gRPC, data-plane and Redis links become black holes (nothing passes,
-    nothing is refused). Its own outgoing peer connections are not cut (see docs/CHAOS.md)."""
+    """Cut a node off the network: the veth link of its namespace goes down (netns.py), so every
+    connection it has or opens is cut, in (gRPC, data plane) and out (its Redis link, its copies
+    to peers). What others send it vanishes (they time out: nothing is refused); its own sends
+    fail. Heal sets the link up; TCP connections that lived through it resume.
+
+    ``details`` hold the link's state and the kernel's counters of both ends at the cut, and
+    at the heal what the counters did meanwhile (``during``): ``ns_rx_packets`` is what reached
+    the node's interface (must be 0), ``host_tx_dropped`` what the host sent that the link
+    dropped (> 0 under load: the cut was really in the way)."""
 
     kind = "partition"
+    SETTLE_S = 5.0
 
     def __init__(self, log: FaultLog, node: ChaosNode) -> None:
         super().__init__(log, node.node_id)
-        self.proxies = node.proxies
-        self._before: dict[str, int] = {}
+        if node.netns is None:
+            raise FaultError(f"node {node.node_id} has no network namespace of its own")
+        self.netns = node.netns
+        self._at_cut: dict[str, int] = {}
 
     def _inject(self) -> dict[str, Any]:
-        for p in self.proxies:
-            p.set_blackhole(True)
-        # after the cut: set_blackhole returns once the proxy's loop stopped forwarding
-        self._before = {p.name: p.counters.bytes_up + p.counters.bytes_down for p in self.proxies}
-        return {"proxies": [p.name for p in self.proxies]}
+        self.netns.cut()
+        # read after the cut: nothing may reach the node's interface from here on
+        self._at_cut = self.netns.counters()
+        state = self.netns.link_state()
+        if state["ns_up"] or state["host_carrier"] or state["ns_route"]:
+            self.netns.heal()
+            raise FaultError(f"{self.netns.ns_veth} is still up after the cut: {state}")
+        return {"netns": self.netns.name, "link": state, "counters": self._at_cut}
 
     def _heal(self) -> dict[str, Any]:
-        held = {p.name: p.counters.held for p in self.proxies}
-        passed = {p.name: p.counters.bytes_up + p.counters.bytes_down - self._before[p.name]
-                  for p in self.proxies}
-        for p in self.proxies:
-            p.set_blackhole(False)
-        return {"held_connections": held, "bytes_passed_while_cut": passed}
+        now = self.netns.counters()
+        during = {k: v - self._at_cut[k] for k, v in now.items()}
+        self.netns.heal()
+        try:
+            state = wait_for(lambda: (s := self.netns.link_state())["host_carrier"]
+                             and s["ns_up"] and s["ns_route"] and s, self.SETTLE_S,
+                             f"{self.netns.ns_veth} up with its route")
+        except TimeoutError as exc:
+            raise FaultError(str(exc)) from None
+        return {"link": state, "during": during}
 
 
 class RedisOutage(FaultInjector):

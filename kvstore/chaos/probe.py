@@ -33,6 +33,26 @@ class Probe:
     def stats(self, node: ChaosNode) -> pb.StatsResponse:
         return self.client(node).stats(deadline_s=self.deadline_s)
 
+    def settled_stats(self, node: ChaosNode, quiet_s: float = 0.5, timeout_s: float = 10.0
+                      ) -> tuple[pb.StatsResponse, pb.StatsResponse, float]:
+        """(first, settled, seconds): Stats now, and once ``puts`` and ``bytes_in`` held still
+        for ``quiet_s``. After a cut, what had crossed before it may still sit in the node's
+        socket buffers or be mid-commit, and is counted when it finishes: a baseline for "nothing
+        arrived while cut" is the settled one. Raises TimeoutError if they never settle."""
+        t0 = time.monotonic()
+        first = last = self.stats(node)
+        since = t0
+        while True:
+            time.sleep(0.1)  # the poll interval of a condition with its own deadline below
+            st, now = self.stats(node), time.monotonic()
+            if (st.puts, st.bytes_in) != (last.puts, last.bytes_in):
+                last, since = st, now
+            elif now - since >= quiet_s:
+                return first, last, now - t0
+            if now - t0 > timeout_s:
+                raise TimeoutError(f"{node.node_id}'s put counters still moving after "
+                                   f"{timeout_s} s")
+
     def tier(self, node: ChaosNode, name: str) -> pb.TierStats:
         return next(t for t in self.stats(node).tiers if t.name == name)
 

@@ -9,9 +9,13 @@ knobs apply to all of its connections at once:
     reset_p     loss: a TCP stream hides a lost packet as delay, so a lossy link shows as
                 connections that die. Each forwarded segment resets its connection (RST both
                 ways) with this probability
-    blackhole   partition: nothing is forwarded in either direction and new connections are
-                accepted but never connected upstream, so peers see silence (timeouts), not
-                refusals; healing lets the held bytes through
+    blackhole   nothing is forwarded in either direction and new connections are accepted but
+                never connected upstream, so peers see silence (timeouts), not refusals;
+                healing lets the held bytes through. (The partition fault cuts a veth link
+                instead, netns.py: a proxy cuts only the connections that cross it.)
+
+``upstream_netns`` makes a proxy dial its upstream inside a network namespace: the chaos cluster's
+console into a partitioned node (cluster.py).
 
 All proxies run on one asyncio loop in a daemon thread (``ProxyHub``); knobs may be set from any
 thread. Counters (connections, resets, upstream refusals, bytes) are what the fault log is checked
@@ -29,6 +33,8 @@ import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from kvstore.chaos.netns import socket_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,6 +60,7 @@ class LinkProxy:
 
     def __init__(self, hub: ProxyHub, name: str, upstream: tuple[str, int], seed: int) -> None:
         self.hub, self.name, self.upstream = hub, name, upstream
+        self.upstream_netns = ""  # a network namespace's name: upstream is dialled inside it
         self.latency_s = 0.0
         self.reset_p = 0.0
         self.counters = ProxyCounters()
@@ -112,8 +119,8 @@ class LinkProxy:
         try:
             await self._open.wait()
             try:
-                ureader, uwriter = await asyncio.wait_for(
-                    asyncio.open_connection(*self.upstream), _CONNECT_TIMEOUT_S)
+                ureader, uwriter = await asyncio.wait_for(self._connect_upstream(),
+                                                          _CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError):
                 self.counters.upstream_refused += 1
                 client.abort()
@@ -128,6 +135,18 @@ class LinkProxy:
                 if c is not None:
                     c.close()
                     self._conns.discard(c)
+
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.upstream_netns:
+            return await asyncio.open_connection(*self.upstream)
+        sock = socket_in(self.upstream_netns)  # the upstream lives in a network namespace
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, self.upstream)
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
 
     async def _pump(self, reader: asyncio.StreamReader, dst: _Conn, pair: tuple[_Conn, _Conn],
                     counter: str) -> None:

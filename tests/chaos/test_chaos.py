@@ -16,6 +16,7 @@ Figures go to the summary table printed at the end of the run (conftest.py).
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import pytest
@@ -163,23 +164,40 @@ def test_latency_and_loss_on_a_node_link(cluster, load, probe, faults, chaos_res
 
 
 def test_partition_a_node(cluster, load, probe, faults, chaos_results):
-    node = cluster.nodes[0]
+    node = cluster.nodes[cluster.netns_node]  # alone in its network namespace
     fault = faults.add(Partition(faults.log, node))
     pid, inc = node.pid, incarnation(cluster, node)
-    probe.client(node, direct=False)  # open the proxied session before the cut
+    probe.client(node, direct=False)  # a session at its public address, opened before the cut
+    key = chunk_key("partition-probe", 0, load.seed)
     counts: dict[str, int] = {}
 
     def during():
-        st = probe.stats(node)  # direct: the node itself is fine
+        # direct (the console): the node itself is fine. The baseline is the settled one: a
+        # put whose bytes crossed before the cut may finish after it (read at once, such a put
+        # would count as arriving during the cut)
+        first, st, settle_s = probe.settled_stats(node)
         counts.update(puts0=st.puts, bytes_in0=st.bytes_in)
+        # the cut is real at the socket level: a connect to its data port gets silence ...
         t0 = time.monotonic()
-        with pytest.raises(KVStoreError):  # through its link: silence until the deadline
+        with pytest.raises(TimeoutError):  # not ECONNREFUSED / ENETUNREACH: a black hole
+            socket.create_connection((node.public_host, node.data_port), timeout=1.0).close()
+        connect_s = time.monotonic() - t0
+        # ... and a put and a lookup at its address fail by their deadlines
+        t0 = time.monotonic()
+        with pytest.raises(KVStoreError):
+            probe.client(node, direct=False).put(key, payload(key), deadline_s=1.0)
+        put_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        with pytest.raises(KVStoreError):
             probe.client(node, direct=False).lookup([bytes(16)], deadline_s=1.0)
-        cut_s = time.monotonic() - t0
+        lookup_s = time.monotonic() - t0
+        # its outgoing side is cut too: its heartbeats stop reaching Redis
         wait_for(lambda: node.node_id not in cluster.members(), REAP_S,
                  "partitioned node reaped")
         assert node.alive() and cluster.dead_nodes() == []
-        return {"proxied_call_failed_after_s": round(cut_s, 2)}
+        return {"connect_failed_after_s": round(connect_s, 2), "put_failed_after_s":
+                round(put_s, 2), "lookup_failed_after_s": round(lookup_s, 2),
+                "settle_s": round(settle_s, 2), "puts_finished_after_cut": st.puts - first.puts}
 
     def before_heal():
         st = probe.stats(node)
@@ -190,12 +208,23 @@ def test_partition_a_node(cluster, load, probe, faults, chaos_results):
                      before_heal=before_heal)
     record(chaos_results, figs, faults.log)
     check_common(figs, cluster, load)
-    heal = faults.log.events[-1]
+    inject, heal = faults.log.events
     x = figs.extra
-    assert x["proxied_call_failed_after_s"] >= 0.9  # a black hole times out, it does not refuse
-    # nothing crossed the cut, and the node saw nothing arrive
-    assert all(v == 0 for v in heal.details["bytes_passed_while_cut"].values()), heal.details
+    # the link was down (no carrier at the host's end) and came back with its route
+    assert not inject.details["link"]["ns_up"] and not inject.details["link"]["host_carrier"]
+    assert all(heal.details["link"].values()), heal.details["link"]
+    # a black hole: each attempt waited out its timeout, none was refused
+    assert min(x["connect_failed_after_s"], x["put_failed_after_s"],
+               x["lookup_failed_after_s"]) >= 0.9, x
+    # the host sent toward the node and the link dropped it; the node's interface received
+    # nothing, and its own counters show no put arriving
+    during_counters = heal.details["during"]
+    assert during_counters["host_tx_dropped"] > 0, during_counters
+    assert during_counters["ns_rx_packets"] == 0 and during_counters["ns_rx_bytes"] == 0, \
+        during_counters
     assert x["puts_while_cut"] == 0 and x["bytes_in_while_cut"] == 0, x
+    # the probe's put did not land later either (the node holds no copy of it)
+    assert probe.holders(node, [key]) == {}
     assert node.pid == pid and incarnation(cluster, node) == inc
 
 
