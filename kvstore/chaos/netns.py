@@ -65,7 +65,7 @@ class NetNamespace:
         self.host_veth, self.ns_veth = f"kvh{self.token}", f"kvn{self.token}"
         self.host_ip = self.ns_ip = self.subnet = ""
         self.created = False
-        self._route = False
+        self._veth = self._route = False
 
     # ---- life cycle --------------------------------------------------------------------------
     def create(self) -> NetNamespace:
@@ -87,6 +87,7 @@ class NetNamespace:
         _ip("netns", "add", self.name)
         self.created = True
         _ip("link", "add", self.host_veth, "type", "veth", "peer", "name", self.ns_veth)
+        self._veth = True
         _ip("link", "set", self.ns_veth, "netns", self.name)
         _ip("route", "add", "blackhole", self.subnet, "metric", str(_GUARD_METRIC))
         self._route = True
@@ -110,8 +111,10 @@ class NetNamespace:
             # deleting the namespace deletes the veth end in it, and so the pair
             _ip("netns", "delete", self.name, check=False)
             self.created = False
-        if self.host_veth in _ip("-o", "link", "show", check=False).stdout:
-            _ip("link", "delete", self.host_veth, check=False)  # a create() that failed midway
+        if self._veth:  # gone with the namespace, unless a create() failed before the move
+            if _ip("link", "show", "dev", self.host_veth, check=False).returncode == 0:
+                _ip("link", "delete", self.host_veth, check=False)
+            self._veth = False
 
     def __enter__(self) -> NetNamespace:
         return self.create()
