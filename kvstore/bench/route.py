@@ -30,11 +30,10 @@ from kvstore.sim.metrics import (
     summarize,
 )
 from kvstore.sim.simulator import ScaleEvent, SimResult, simulate
-from kvstore.sim.trace import LONG_PROMPTS, TraceRequest, load_trace, scale_load
+from kvstore.sim.trace import LONG_PROMPTS, TraceRequest, load_trace, scale_load, trace_path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TRACE = REPO_ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
-DEFAULT_PLOT = REPO_ROOT / "docs" / "route_slo.png"
+DEFAULT_TRACE = "conversation"
+DEFAULT_PLOT = Path("route_slo.png")
 # Coarse below the baselines' capacities, 0.125x steps where the best policies cross 90%: the
 # capacity ratio must be resolved to a few percent.
 FULL_LOADS = (1.0, 2.0, 3.0, 3.5, 4.0, 4.25, 4.5, 4.75, 5.0, 5.125, 5.25, 5.375, 5.5, 5.625)
@@ -49,10 +48,10 @@ RING_POLICIES = ("dualmap", "consistent_hash")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace",
-        type=Path,
+        type=trace_path,
         default=DEFAULT_TRACE,
-        help="Mooncake trace (JSON lines); default ../shared/traces/"
-        "conversation_trace.jsonl relative to the repo root",
+        help="a shipped Mooncake trace (conversation, synthetic) or a JSON-lines file in its "
+        "format (default: conversation)",
     )
     parser.add_argument("--instances", type=int, default=8)
     parser.add_argument("--slo-s", type=float, default=5.0, help="TTFT SLO in seconds")
@@ -94,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot",
         type=Path,
         default=None,
-        help=f"PNG to write (default {DEFAULT_PLOT.relative_to(REPO_ROOT)}; none in --quick mode)",
+        help=f"PNG to write (default ./{DEFAULT_PLOT}; none in --quick mode)",
     )
     parser.add_argument(
         "--no-scaling", action="store_true", help="skip the half -> all instances scaling run"

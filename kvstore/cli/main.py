@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     token.add_arguments(sub.add_parser("token", help="auth tokens: `token new --tenant T "
                                                      "[--role admin]` (docs/SECURITY.md)"))
+    from kvstore.cli import model
+
+    model.add_arguments(sub.add_parser("model", help="the SmolLM2 model file: `model fetch`, "
+                                                     "`model path` (--model-dir)"))
     demo = sub.add_parser("demo", help="local store + real model: the time a cache hit saves")
     importlib.import_module("kvstore.demo").add_arguments(demo)
     bench = sub.add_parser("bench", help="benchmarks (print a table and a final JSON line)")
@@ -76,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             from kvstore.cli import token
 
             return token.run(args)
+        if args.command == "model":
+            from kvstore.cli import model
+
+            return model.run(args)
         if args.command == "demo":
             return importlib.import_module("kvstore.demo").run(args)
         if getattr(args, "missing", None):

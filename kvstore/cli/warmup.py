@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from kvstore.cli.client_security import add_security_arguments, security_from_args
+from kvstore.cli.model import add_model_dir_argument
 
-DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from .models/ (scripts/fetch_model.sh)
+DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from --model-dir (`kvstore model fetch`)
 PATTERNS = ("*.txt", "*.md")
 
 
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", metavar="DIR", help="directory of *.txt / *.md documents")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH_OR_DEFAULT",
                    help="a GGUF file or a local Hugging Face model directory; 'default' = "
-                        "SmolLM2-135M-Instruct from .models/ (scripts/fetch_model.sh)")
+                        "SmolLM2-135M-Instruct from --model-dir (`kvstore model fetch`)")
+    add_model_dir_argument(p)
     p.add_argument("--model-id", default=None, help="model id in the key scheme, as the "
                    "workers use it (default: SmolLM2's id, or the model's file/dir name)")
     p.add_argument("--nodes", help="comma-separated host:port (default 127.0.0.1:50051)")
@@ -123,12 +125,12 @@ def warm_up(engine: Any, store: Any, files: Sequence[Path], max_doc_tokens: int,
     return rep
 
 
-def load_model(spec: str) -> tuple[Any, Any, str]:
+def load_model(spec: str, model_dir: str | None = None) -> tuple[Any, Any, str]:
     """(model, tokenizer, default model id) from 'default', a GGUF file or a model directory."""
     from kvstore_client.models import smollm2
 
     if spec == DEFAULT_MODEL:
-        model, tokenizer = smollm2.load()
+        model, tokenizer = smollm2.load(model_dir=model_dir)
         return model, tokenizer, smollm2.MODEL_ID
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     files = find_documents(args.directory)
     t0 = time.perf_counter()
-    model, tokenizer, default_id = load_model(args.model)
+    model, tokenizer, default_id = load_model(args.model, args.model_dir)
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s; {len(files)} documents "
           f"in {args.directory}", flush=True)
     scheme = KeyScheme(args.model_id or default_id, args.kv_dtype,

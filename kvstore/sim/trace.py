@@ -1,8 +1,8 @@
 """Mooncake trace loading: one ``TraceRequest`` per JSON line, long prompts dropped or truncated.
 
-Trace format (shared/traces/NOTICE): ``timestamp`` (arrival, ms from the start), ``input_length``
-and ``output_length`` (tokens) and ``hash_ids`` (ids of the prompt's 512-token blocks, the last one
-partial; equal ids at the same position mean a shared prefix).
+Trace format (kvstore/data/traces/NOTICE): ``timestamp`` (arrival, ms from the start),
+``input_length`` and ``output_length`` (tokens) and ``hash_ids`` (ids of the prompt's 512-token
+blocks, the last one partial; equal ids at the same position mean a shared prefix).
 
 Long prompts. The DualMap evaluation serves Qwen2.5-7B-Instruct with vLLM's ``max-model-len``
 set to 20,480 tokens, and its artifact's request generator (github.com/ASISys/DualMap,
@@ -20,12 +20,28 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from kvstore.errors import InvalidArgument
 from kvstore.router.blocks import chain_block_ids
 
 TRACE_BLOCK_TOKENS = 512
+# The Mooncake FAST'25 traces shipped with the package (kvstore/data/traces, Apache-2.0, NOTICE).
+BUILTIN_TRACES = {"conversation": "conversation_trace.jsonl",
+                  "synthetic": "synthetic_trace.jsonl"}
+
+
+def trace_path(name_or_path: str | Path) -> Path:
+    """A shipped trace by name (``conversation``, ``synthetic``) or any JSON-lines file."""
+    if str(name_or_path) in BUILTIN_TRACES:
+        folder = resources.files("kvstore") / "data" / "traces"
+        return Path(str(folder / BUILTIN_TRACES[str(name_or_path)]))
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise InvalidArgument(f"trace {path}: no such file (or give one of "
+                              f"{', '.join(BUILTIN_TRACES)})")
+    return path
 
 
 @dataclass(frozen=True, slots=True)

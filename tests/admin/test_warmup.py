@@ -80,7 +80,7 @@ def test_warm_up_stores_each_passage_once(start_node, connect, corpus):
 @pytest.mark.slow
 @pytest.mark.model
 def test_warmup_command_with_smollm2(start_node, corpus, tmp_path):
-    """The real command in a subprocess: SmolLM2 from .models/, progress bar on stderr."""
+    """The real command in a subprocess: SmolLM2 from the model dir, progress bar on stderr."""
     node = start_node()
     cmd = [sys.executable, "-m", "kvstore.cli.main", "warmup", str(corpus), "--nodes",
            node.address]

@@ -8,7 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvstore_client.inference import CacheEngine, EngineConfig, InMemoryChunkStore, Segment
+from kvstore_client.inference import (
+    CacheEngine,
+    EngineConfig,
+    InMemoryChunkStore,
+    Segment,
+    hf_cache,
+)
 from kvstore_client.models.smollm2 import MODEL_ID
 
 pytestmark = pytest.mark.model
@@ -37,7 +43,7 @@ def hf_full(smollm2, prompt, make_scheme):
     with torch.no_grad():
         out = model(ids, use_cache=True)
     engine.close()
-    return out.logits[0, -1].float(), out.past_key_values
+    return out.logits[0, -1].float(), hf_cache.cache_of(model, out)
 
 
 def _kl(ref_logits, logits):

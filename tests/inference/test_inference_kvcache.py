@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from kvstore_client.inference import hf_cache
 from kvstore_client.inference.kvcache import ReservedLayer, reserved_cache
 
 
@@ -49,7 +50,7 @@ def test_model_logits_match_a_plain_dynamic_cache(tiny_llama):
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator()
                         .manual_seed(1))
     with torch.no_grad():
-        past = model(input_ids=ids[:, :30], use_cache=True).past_key_values
+        past = hf_cache.cache_of(model, model(input_ids=ids[:, :30], use_cache=True))
         plain = DynamicCache(ddp_cache_data=[(la.keys.clone(), la.values.clone())
                                              for la in past.layers], config=model.config)
         cap = 30 + 16
@@ -61,8 +62,8 @@ def test_model_logits_match_a_plain_dynamic_cache(tiny_llama):
             bufs.append((k, v))
         reserved = reserved_cache(model.config, bufs, 30)
         assert all(isinstance(la, ReservedLayer) for la in reserved.layers)
-        want = model(input_ids=ids[:, 30:], past_key_values=plain, use_cache=True).logits
-        got = model(input_ids=ids[:, 30:], past_key_values=reserved, use_cache=True).logits
+        want = hf_cache.forward(model, plain, input_ids=ids[:, 30:], use_cache=True).logits
+        got = hf_cache.forward(model, reserved, input_ids=ids[:, 30:], use_cache=True).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert reserved.get_seq_length() == 40
     assert torch.equal(bufs[0][0][..., 30:40, :], reserved.layers[0].keys[..., 30:, :])

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from kvstore.bench import route
+from kvstore.errors import InvalidArgument
 from kvstore.router import POLICIES
+from kvstore.sim.trace import BUILTIN_TRACES, load_trace, trace_path
 
 
 def test_quick_benchmark_prints_tables_and_a_sane_json_line(capsys, tmp_path):
     parser = argparse.ArgumentParser()
     route.add_arguments(parser)
-    assert route.DEFAULT_TRACE.is_file(), f"trace missing at {route.DEFAULT_TRACE}"
+    assert trace_path(route.DEFAULT_TRACE).is_file()
     plot = tmp_path / "slo.png"
     assert route.run(parser.parse_args(["--quick", "--plot", str(plot)])) == 0
     out = capsys.readouterr().out
@@ -42,3 +46,13 @@ def test_quick_benchmark_prints_tables_and_a_sane_json_line(capsys, tmp_path):
     assert scaling["instances"] == "4->8"
     assert 0.3 < scaling["remapped_primaries"] < 0.7
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shipped_traces_load_from_the_package_and_unknown_names_are_refused():
+    """Both Mooncake traces ship inside the package (no ../shared), with their NOTICE."""
+    counts = {name: len(load_trace(trace_path(name), 10**9, None, "truncate"))
+              for name in BUILTIN_TRACES}
+    assert counts == {"conversation": 12031, "synthetic": 3993}
+    assert "Apache License 2.0" in (trace_path("conversation").parent / "NOTICE").read_text()
+    with pytest.raises(InvalidArgument, match="no such file"):
+        trace_path("no-such-trace")

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from . import hf_cache
 from .kvcache import reserved_cache
 from .loader import LoadSlot
 
@@ -63,11 +64,11 @@ def forward_rest(
     model: Any, token_ids: torch.Tensor, cache: Any, reused: int, device: torch.device,
 ) -> tuple[torch.Tensor, Any, int]:
     """The model on rows [reused, N) over a cache holding rows [0, reused)."""
-    out = model(
-        input_ids=token_ids[reused:][None].to(device), past_key_values=cache, use_cache=True,
+    out = hf_cache.forward(
+        model, cache, input_ids=token_ids[reused:][None].to(device), use_cache=True,
         logits_to_keep=1,
     )
-    return out.logits[0, -1].float(), out.past_key_values, reused
+    return out.logits[0, -1].float(), hf_cache.cache_of(model, out), reused
 
 
 @torch.no_grad()
@@ -79,7 +80,7 @@ def standalone_prefill(
     ids = torch.tensor([list(token_ids)], device=device)
     positions = torch.arange(start_pos, start_pos + ids.shape[1], device=device)[None]
     out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1)
-    return out.past_key_values
+    return hf_cache.cache_of(model, out)
 
 
 @torch.no_grad()
@@ -90,7 +91,7 @@ def greedy_decode(
     """Greedy tokens after the prefill (``first_token`` included), stopping after an EOS."""
     tokens = [first_token]
     while len(tokens) < max_new_tokens and tokens[-1] not in eos_ids:
-        out = model(input_ids=torch.tensor([[tokens[-1]]], device=device),
-                    past_key_values=cache, use_cache=True)
+        out = hf_cache.forward(model, cache, input_ids=torch.tensor([[tokens[-1]]], device=device),
+                               use_cache=True)
         tokens.append(int(out.logits[0, -1].argmax()))
     return tokens
