@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -44,6 +45,7 @@ from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 from kvstore.wire import scheme_to_pb
 from kvstore_client.dataplane import ConnectionPool, DataConnection
+from kvstore_client.gather import PENDING, Gather
 from kvstore_client.retry import RetryPolicy
 from kvstore_client.security import (
     ClientSecurity,
@@ -286,17 +288,94 @@ class AsyncKVStoreClient:
         decoded after the transfer: lossy ones are moved to ``device`` (e.g. the worker's GPU)
         as encoded bytes and dequantized there, so the result is a new tensor of the original
         dtype and shape, not a view of ``out`` (which receives the stored, encoded bytes).
-        ``device`` also moves identity chunks (default: stay on the host, zero-copy). With
-        ``decode=False`` a codec'd chunk is returned as its raw payload, a 1-D uint8 tensor.
+        ``device`` also moves identity chunks (default: stay on the host, zero-copy); over the
+        plain TCP data plane a GPU ``device`` receives through a pinned staging ring, copying to
+        the GPU while the rest arrives. With ``decode=False`` a codec'd chunk is returned as its
+        raw payload, a 1-D uint8 tensor.
         """
-        if (out is None and device is not None and torch.device(device).type == "cuda"
+        results, error = await self.get_many_partial(keys, out=out, decode=decode,
+                                                     device=device, deadline_s=deadline_s)
+        if error is not None:
+            raise error
+        return results  # type: ignore[return-value]
+
+    async def get_many_partial(self, keys: Sequence[bytes], *,
+                               out: Sequence[torch.Tensor] | None = None, decode: bool = True,
+                               device: str | torch.device | None = None,
+                               deadline_s: float | None = None
+                               ) -> tuple[list[torch.Tensor | None | object], KVStoreError | None]:
+        """As get_many, but a failure returns (results so far, the error) instead of raising:
+        keys whose chunk never arrived are ``PENDING`` (kvstore_client.gather); chunks that did
+        are kept, so a caller can fetch only the rest elsewhere (the cluster client fails over
+        that way). Invalid arguments still raise."""
+        dev = torch.device(device) if device is not None else None
+        if (out is None and dev is not None and dev.type == "cuda"
                 and self._shm is not None and self._shm.registered and self._pool is not None):
             for key in keys:
                 validate_key(key)
-            raws = await self._get_shm(keys, None, deadline_s, torch.device(device))
+            raws = await self._get_shm(keys, None, deadline_s, dev)
+            return [None if r is None else _as_tensor(r[0], r[1], decode, device)
+                    for r in raws], None
+        pool = self._pool
+        if (pool is not None and pool.threaded is not None and self._shm is None
+                and keys):
+            raw_results, error = await self._get_threaded(keys, out, dev, deadline_s)
         else:
-            raws = await self._get_raw(keys, out, deadline_s)
-        return [None if r is None else _as_tensor(r[0], r[1], decode, device) for r in raws]
+            raw_results, error = await self._get_raw(keys, out, deadline_s), None
+        return [r if r is None or r is PENDING else
+                _as_tensor(r[0], r[1], decode, device)  # type: ignore[index]
+                for r in raw_results], error
+
+    async def _get_threaded(self, keys: Sequence[bytes], out: Sequence[torch.Tensor] | None,
+                            device: torch.device | None, deadline_s: float | None
+                            ) -> tuple[list, KVStoreError | None]:
+        """GET over the threaded receiver: keys split over up to max_connections connections,
+        each drained by its own thread; a failed connection's remaining keys are retried."""
+        for key in keys:  # the data plane frames keys as 16-byte records: check before sending
+            validate_key(key)
+        if out is not None and len(out) != len(keys):
+            raise InvalidArgument(f"{len(keys)} keys but {len(out)} output buffers")
+        buffers = [_byte_buffer(t) for t in out] if out is not None else None
+        sink = Gather(len(keys), buffers, device)
+        timeout = deadline_s or self.options.deadline_s
+        end = time.monotonic() + timeout
+        verify = self.options.verify_checksums
+
+        async def share(idx: list[int]) -> None:
+            async def attempt() -> None:
+                left = sink.pending(idx)
+                pool = self._pool
+                if not left or pool is None or pool.threaded is None:
+                    return
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"data-plane call to {self.address} exceeded its "
+                                           f"{timeout:.3g} s deadline")
+                await pool.threaded.run([bytes(keys[i]) for i in left], left, sink, verify,
+                                        remaining)
+            try:
+                await self.options.retry.run(attempt)
+            except SessionRequired:
+                await self.handshake()
+                await self.options.retry.run(attempt)
+
+        groups = _split(list(range(len(keys))), self.options.max_connections)
+        try:
+            async with asyncio.timeout(timeout):
+                outcomes = await asyncio.gather(*(share(g) for g in groups),
+                                                return_exceptions=True)
+        except TimeoutError:
+            outcomes = [DeadlineExceeded(f"data-plane call to {self.address} exceeded its "
+                                         f"{timeout:.3g} s deadline")]
+        if sink.corrupt:
+            self.corrupt_received += len(sink.corrupt)
+            log.warning("%d chunk(s) failed their checksum after transfer; treated as misses "
+                        "(first: %s)", len(sink.corrupt), sink.corrupt[0].hex())
+        errors = [e for e in outcomes if isinstance(e, BaseException)]
+        for e in errors:
+            if not isinstance(e, KVStoreError):
+                raise e  # a bug or invalid argument, not a transport failure
+        return sink.results, (errors[0] if errors else None)  # type: ignore[return-value]
 
     async def get_bytes_many(self, keys: Sequence[bytes], *,
                              deadline_s: float | None = None) -> list[memoryview | None]:

@@ -1,7 +1,9 @@
 """Client side of the bulk data plane (kvstore/dataplane.py has the framing), on asyncio sockets.
 
-Payloads are received with ``loop.sock_recv_into`` straight into the destination tensor's storage
-and sent with ``loop.sock_sendall`` from the source tensor's memory.
+GETs over plain TCP use the threaded receiver instead (receiver.py: a blocking socket and a
+thread per connection, which scales with cores); this module serves puts, GET_SHM/RELEASE and
+every op over TLS. Payloads are received with ``loop.sock_recv_into`` straight into the
+destination tensor's storage and sent with ``loop.sock_sendall`` from the source tensor's memory.
 
 With TLS (ClientSecurity.tls_ca, a node with tls_cert) a connection is an asyncio TLS stream
 instead (``TLSDataConnection``): asyncio's sock_* calls refuse SSL sockets, and decryption copies
@@ -20,6 +22,7 @@ import grpc
 from kvstore import dataplane as dp
 from kvstore.errors import FailedPrecondition, SessionRequired, Unavailable, error_for_status
 from kvstore.v1 import kvstore_pb2 as pb
+from kvstore_client.receiver import BlockingPool, ThreadedGets
 
 
 class DataConnection:
@@ -200,6 +203,10 @@ class ConnectionPool:
         self._ssl, self._server_hostname = ssl_context, server_hostname
         self._idle: list[DataConnection] = []
         self._slots = asyncio.Semaphore(size)
+        # GETs over plain TCP run on blocking sockets, one thread per connection (receiver.py);
+        # TLS stays on the asyncio streams below.
+        self.threaded: ThreadedGets | None = (
+            ThreadedGets(BlockingPool(host, port, session, size)) if ssl_context is None else None)
 
     async def acquire(self) -> DataConnection:
         await self._slots.acquire()
@@ -223,3 +230,5 @@ class ConnectionPool:
         for c in self._idle:
             c.close()
         self._idle.clear()
+        if self.threaded is not None:
+            self.threaded.close()
