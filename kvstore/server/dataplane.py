@@ -1,9 +1,15 @@
 """The node side of the bulk data plane: a thread per connection, blocking socket I/O.
 
-Threads rather than asyncio because each connection mostly sits in recv_into/sendall, which
+Threads rather than asyncio because each connection mostly sits in recv_into/sendmsg, which
 release the GIL, and a blocking loop has no per-recv event-loop overhead. Payloads go from the
-page pool to the socket (sendall per span) and from the socket into reserved pages (recv_into),
-never through an intermediate buffer.
+page pool to the socket and from the socket into reserved pages (recv_into), never through an
+intermediate buffer. A GET hit leaves in one ``sendmsg`` of its header and every page view
+(zero-copy gather; ``sendall`` per view over TLS, whose sockets have no sendmsg), so the hot loop
+does no Python work per page.
+
+``send_budget_bytes_per_s`` (0 = unlimited) caps what the node sends per second, all sessions
+together, shared equally among the sessions sending at the time (SendBudget): one worker pulling
+a long prefix cannot starve the others.
 """
 
 from __future__ import annotations
@@ -34,8 +40,69 @@ TLS_HANDSHAKE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 1024
 
 
+IOV_BATCH = 512  # iovecs per sendmsg (Linux IOV_MAX is 1024)
+
+
 class ConnectionClosed(Exception):
     pass
+
+
+def sendmsg_all(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
+    """Send every buffer, in order, with as few sendmsg calls as the kernel allows."""
+    bufs = [memoryview(b).cast("B") if not isinstance(b, bytes) else memoryview(b)
+            for b in buffers]
+    i = 0
+    while i < len(bufs):
+        sent = sock.sendmsg(bufs[i:i + IOV_BATCH])
+        while sent and i < len(bufs):
+            n = len(bufs[i])
+            if sent >= n:
+                sent -= n
+                i += 1
+            else:
+                bufs[i] = bufs[i][sent:]
+                sent = 0
+        while i < len(bufs) and not len(bufs[i]):
+            i += 1
+
+
+def sendall_each(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
+    for b in buffers:
+        sock.sendall(b)
+
+
+class SendBudget:
+    """Paces sends to ``bytes_per_s`` in total, split equally among the sessions that sent
+    within the last ``window_s`` (each session's bytes are spaced on its own clock at
+    bytes_per_s / active sessions). Thread-safe; ``take`` sleeps the calling connection."""
+
+    def __init__(self, bytes_per_s: int, window_s: float = 0.2, burst_s: float = 0.005,
+                 clock=time.monotonic, sleep=time.sleep) -> None:  # noqa: ANN001
+        if bytes_per_s <= 0:
+            raise ValueError(f"send budget must be > 0 bytes/s, got {bytes_per_s}")
+        self.bytes_per_s, self.window_s, self.burst_s = bytes_per_s, window_s, burst_s
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}   # session -> when its next byte may leave
+        self._seen: dict[str, float] = {}   # session -> last time it sent
+
+    def take(self, session: str, nbytes: int) -> float:
+        """Account ``nbytes`` for ``session``; returns the seconds slept."""
+        with self._lock:
+            now = self._clock()
+            self._seen[session] = now
+            for s, t in list(self._seen.items()):
+                if now - t > self.window_s:
+                    del self._seen[s]
+                    self._next.pop(s, None)
+            rate = self.bytes_per_s / len(self._seen)
+            start = max(self._next.get(session, now), now - self.burst_s)
+            self._next[session] = start + nbytes / rate
+            wait = start - now
+        if wait > 0:
+            self._sleep(wait)
+            return wait
+        return 0.0
 
 
 def recv_exact_into(sock: socket.socket, view: memoryview) -> None:
@@ -55,8 +122,10 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 class DataPlaneServer:
     def __init__(self, core: StoreCore, host: str, port: int,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 send_budget_bytes_per_s: int = 0) -> None:
         self.core = core
+        self.budget = SendBudget(send_budget_bytes_per_s) if send_budget_bytes_per_s else None
         self._ssl = ssl_context  # TLS (kvstore/server/tls.py): the same certs as gRPC
         self._listener = socket.create_server((host, port), backlog=128, reuse_port=False)
         self.port = self._listener.getsockname()[1]
@@ -167,16 +236,22 @@ class DataPlaneServer:
         if n > dp.MAX_KEYS:
             raise ConnectionClosed(f"GET of {n} keys exceeds {dp.MAX_KEYS}")
         keys = recv_exact(conn, 16 * n)
+        send = sendall_each if isinstance(conn, ssl.SSLSocket) else sendmsg_all
+        misses = bytearray()  # runs of misses go out with the next hit (or at the end)
         for i in range(n):
             lease = self.core.get(session, keys[16 * i:16 * i + 16])
             if lease is None:
-                conn.sendall(b"\x00")
+                misses += b"\x00"
                 continue
             with lease:
                 meta = info_to_pb(lease.info).SerializeToString()
-                conn.sendall(b"\x01" + dp.U32.pack(len(meta)) + meta)
-                for view in lease.views:
-                    conn.sendall(view)
+                if self.budget is not None:
+                    self.budget.take(session.session_id, lease.info.payload_bytes)
+                send(conn, [bytes(misses) + b"\x01" + dp.U32.pack(len(meta)) + meta,
+                            *lease.views])
+                misses.clear()
+        if misses:
+            conn.sendall(misses)
 
     def _get_shm(self, conn: socket.socket, session: Session, leases: dict[int, Lease]) -> None:
         """Per key: meta, a lease id and the payload's spans in the shared-memory file."""
