@@ -9,10 +9,13 @@ that reached no candidate raises ``Unavailable``.
 
 Reads: one batched Lookup round to every candidate of every key (one RPC per node, all nodes in
 parallel), then one ``get_many`` per chosen holder (in parallel). The chosen holder of a key is
-the one holding it in the fastest tier, ties spread over both holders. A holder that answers
+the one holding it in the fastest tier, ties going to the holder with fewer bytes assigned so far
+(striping: a long prefix is pulled from both replicas at once). A holder that answers
 UNAVAILABLE, misses its deadline or no longer has the chunk is replaced by the key's next
-holder. Read candidates also include draining members and, for ``transition_s`` after a ring
-change, the previous ring's candidates, so chunks still being copied are found where they were.
+holder; one that fails mid-transfer keeps the chunks that arrived (get_many_partial), and only
+the rest go to the next holder. Read candidates also include draining members and, for
+``transition_s`` after a ring change, the previous ring's candidates, so chunks still being
+copied are found where they were.
 
 Membership: a fixed member list, or a ``MembershipSource`` (``kvstore.cluster``: a static file or
 the Redis watcher) that calls ``apply_view`` on changes. A view builds a new placement that is
@@ -48,6 +51,7 @@ from kvstore.keys import KeyScheme
 from kvstore.ring import DEFAULT_VNODES_PER_WEIGHT
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore_client.aio import AsyncKVStoreClient, ClientOptions
+from kvstore_client.gather import PENDING
 from kvstore_client.loop_thread import LoopThread
 from kvstore_client.membership import ClusterView, Member, MembershipSource, Placement
 from kvstore_client.retry import RetryPolicy
@@ -318,8 +322,14 @@ class AsyncClusterClient:
 
     # ---- get ---------------------------------------------------------------------------------
     async def get_many(self, keys: Sequence[bytes], *, out: Sequence[torch.Tensor] | None = None,
+                       device: str | torch.device | None = None,
                        deadline_s: float | None = None) -> list[torch.Tensor | None]:
-        """Chunks as tensors (dtype and shape as put), None for a miss; see the module doc."""
+        """Chunks as tensors (dtype and shape as put), None for a miss; see the module doc.
+
+        Striping: each key goes to the holder with the fewest bytes assigned so far in this call
+        among those holding it in its fastest tier, so a multi-chunk get is spread by bytes over
+        both replicas and every node, all fetched in parallel. A holder that fails mid-transfer
+        keeps the chunks that arrived; only the others go to their next holder."""
         if out is not None and len(out) != len(keys):
             raise InvalidArgument(f"{len(keys)} keys but {len(out)} output buffers")
         if not keys:
@@ -328,18 +338,19 @@ class AsyncClusterClient:
         holders = await self._locate(keys, _share(end))
         results: list[torch.Tensor | None] = [None] * len(keys)
         pending = {i: h for i, h in enumerate(holders) if h}
-        load: Counter[str] = Counter()
+        load: Counter[str] = Counter()  # bytes assigned to each node in this call
 
         def job(idx: list[int]) -> Job:
             bufs = [out[i] for i in idx] if out is not None else None
-            return lambda c, t: c.get_many([keys[i] for i in idx], out=bufs, deadline_s=t)
+            return lambda c, t: c.get_many_partial([keys[i] for i in idx], out=bufs,
+                                                   device=device, deadline_s=t)
 
         while pending:
             by_node: dict[str, list[int]] = {}
             for i, hs in pending.items():
                 best = min(hs, key=lambda h: (_TIER_RANK.get(h[1], 3), load[h[0]]))
                 hs.remove(best)
-                load[best[0]] += 1
+                load[best[0]] += max(1, best[2])
                 by_node.setdefault(best[0], []).append(i)
             # A hung holder must not eat the whole deadline while another holder is left.
             spare = any(pending[i] for idx in by_node.values() for i in idx)
@@ -347,11 +358,22 @@ class AsyncClusterClient:
                                           _share(end) if spare else end)
             for nid, idx in by_node.items():
                 r = fetched[nid]
-                if not isinstance(r, KVStoreError):
-                    for i, t in zip(idx, r, strict=True):
-                        results[i] = t
+                if isinstance(r, KVStoreError):
+                    continue
+                got, error = r
+                if error is not None:  # failed mid-transfer: keep what arrived
+                    self._mark_suspect(nid, error)
+                for i, t in zip(idx, got, strict=True):
+                    if t is not PENDING:
+                        results[i] = t  # type: ignore[assignment]
             pending = {i: hs for i, hs in pending.items() if results[i] is None and hs}
         return results
+
+    def _mark_suspect(self, nid: str, why: object) -> None:
+        node = self._nodes.get(nid)
+        if node is not None:
+            node.suspect_until = time.monotonic() + self._suspect_s
+        log.debug("node %s: %s", nid, why)
 
     async def _locate(self, keys: Sequence[bytes], end: float, prefetch: bool = False,
                       prefetch_next: int = 0) -> list[list[tuple[str, str, int]]]:
