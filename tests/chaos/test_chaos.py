@@ -16,8 +16,10 @@ Figures go to the summary table printed at the end of the run (conftest.py).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from chaos_helpers import TMPFS_NODE, record
@@ -33,9 +35,11 @@ from kvstore.chaos.faults import (
     RedisOutage,
     chunk_path,
 )
-from kvstore.chaos.loadgen import COLD, chunk_key, payload
+from kvstore.chaos.loadgen import COLD, SCHEME, chunk_key, payload
 from kvstore.chaos.scenario import FaultFigures, run_fault
 from kvstore.errors import KVStoreError
+from kvstore_client import KVStoreClient
+from kvstore_client.retry import NO_RETRY
 
 pytestmark = pytest.mark.chaos
 
@@ -226,6 +230,52 @@ def test_partition_a_node(cluster, load, probe, faults, chaos_results):
     # the probe's put did not land later either (the node holds no copy of it)
     assert probe.holders(node, [key]) == {}
     assert node.pid == pid and incarnation(cluster, node) == inc
+
+
+def test_regression_partition_counted_a_put_that_crossed_before_the_cut(cluster, load, probe,
+                                                                       faults):
+    """Why test_partition_a_node was flaky: a node counts a put when it commits it, so a put whose
+    bytes crossed the link just before the cut shows in its counters during the cut although
+    nothing arrived then. Made certain here: the node is stopped while the put's bytes cross
+    (they wait in its socket buffer), then the link is cut and the node resumed."""
+    node = cluster.nodes[cluster.netns_node]
+    assert node.netns is not None
+    fault = faults.add(Partition(faults.log, node))
+    key = chunk_key("crossed-before-the-cut", 0, load.seed)
+    data = payload(key) * 4  # 4-48 KiB: within one HTTP/2 flow-control window (64 KiB)
+    # gRPC streams (no data plane): the whole put leaves without waiting for the node's answer
+    client = KVStoreClient(node.node_id, SCHEME, use_data_plane=False, retry=NO_RETRY,
+                           client_name="kvstore-chaos-crossing")
+    try:
+        before = probe.stats(node)
+        tx0 = node.netns.counters()["host_tx_bytes"]
+        os.kill(node.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: node.proc_state() == "T", 5, "node 0 stopped")
+            with ThreadPoolExecutor(1) as pool:
+                put = pool.submit(client.put, key, data, deadline_s=4.0)
+                wait_for(lambda: node.netns.counters()["host_tx_bytes"] - tx0 > len(data), 5,
+                         "the put's bytes to cross the link")
+                fault.inject()
+                os.kill(node.pid, signal.SIGCONT)
+                with pytest.raises(KVStoreError):  # its answer cannot come back
+                    put.result()
+        finally:
+            os.kill(node.pid, signal.SIGCONT)
+        _, settled, _ = probe.settled_stats(node)
+        held = probe.holders(node, [key])
+        now = node.netns.counters()
+    finally:
+        client.close()
+    at_cut = faults.log.events[0].details["counters"]
+    # nothing reached the node's interface during the cut ...
+    assert now["ns_rx_packets"] == at_cut["ns_rx_packets"], (at_cut, now)
+    # ... yet it stored the put and counted it then: a baseline read at the cut would move
+    assert key in held, held
+    assert settled.bytes_in - before.bytes_in >= len(data), (before.bytes_in, settled.bytes_in)
+    fault.heal()
+    wait_for(lambda: cluster.converged(lambda: load.client.view.epoch), BOUND_S,
+             "the ring to converge after the heal")
 
 
 def test_redis_stop_and_restart(cluster, load, probe, faults, chaos_results):
