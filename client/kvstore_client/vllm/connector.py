@@ -66,7 +66,7 @@ class KVStoreConnector(KVConnectorBase_V1):
             rank = get_tensor_model_parallel_rank()
             scheme = scheme_for(self.config, vllm_config, rank)
             store = open_store(self.config, scheme, f"vllm-worker-tp{rank}")
-            self.worker = WorkerSide(self.config, store, rank, block_size)
+            self.worker = WorkerSide(self.config, scheme, store, rank, block_size)
 
     # ---- worker side --------------------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:

@@ -8,21 +8,102 @@ prints ``{"ready": ...}`` once the engine is up, then answers one JSON line per 
   [{"tokens": [...], "cached": n, "wall_s": s}, ...]}``: greedy, one prompt at a time (so
   ``wall_s`` with max_tokens=1 is the time to first token); ``cached`` is vLLM's count of prompt
   tokens it did not compute (its own prefix cache plus the connector's loads);
-* ``{"op": "stats"}`` -> the worker-side connector's counters (tokens and bytes loaded, ...);
+* ``{"op": "stats"}`` -> the worker-side connector's counters (tokens and bytes loaded, ...)
+  and its key scheme (``scheme``: the KeyScheme fields);
 * ``{"op": "quit"}``.
 
 The engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that the connector's
 counters can be read here. Logs go to stderr; stdout carries only the protocol.
+``EngineProcess`` is the other end: it starts one and talks to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+CONNECTOR = "KVStoreConnector"
+CONNECTOR_MODULE = "kvstore_client.vllm.connector"
+
+
+def kv_transfer_config(**extra: Any) -> str:
+    """The --kv-transfer-config JSON of KVStoreConnector with these extra-config settings."""
+    return json.dumps({"kv_connector": CONNECTOR, "kv_connector_module_path": CONNECTOR_MODULE,
+                       "kv_role": "kv_both", "kv_load_failure_policy": "recompute",
+                       "kv_connector_extra_config": extra})
+
+
+def engine_env(**more: str) -> dict[str, str]:
+    """Environment of a vLLM process on this CPU (kvstore's own variables removed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind",
+               HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", **more)
+    env.pop("TRITON_INTERPRET", None)  # vLLM imports the real Triton
+    return env
+
+
+class EngineProcess:
+    """A fresh vLLM engine (this module, in a subprocess); its log goes to ``log_path``."""
+
+    def __init__(self, name: str, model: str | Path, log_path: Path, kv_config: str = "",
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.name = name
+        args = [sys.executable, "-m", "kvstore_client.vllm.runner", "--model", str(model),
+                *extra_args]
+        if kv_config:
+            args += ["--kv-transfer-config", kv_config]
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, env=engine_env(), text=True)
+        try:
+            self.start_s: float = self._reply("start_s")
+        except BaseException:
+            self.close()
+            raise
+
+    def _reply(self, key: str) -> Any:
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.proc.wait(30)
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"engine {self.name} exited ({self.proc.returncode}):\n{tail}")
+        reply = json.loads(line)
+        if key not in reply:
+            raise RuntimeError(f"engine {self.name}: {reply}")
+        return reply[key]
+
+    def _ask(self, key: str, **req: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return self._reply(key)
+
+    def generate(self, prompt: list[int], max_tokens: int = 6) -> dict[str, Any]:
+        """{"tokens": greedy output ids, "cached": prompt tokens vLLM did not compute,
+        "wall_s": seconds}"""
+        return self._ask("outputs", op="generate", prompts=[prompt], max_tokens=max_tokens)[0]
+
+    def stats(self) -> dict[str, Any]:
+        return self._ask("stats", op="stats")
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(60)
+            except (subprocess.TimeoutExpired, BrokenPipeError):
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -53,13 +134,17 @@ def _generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[dict[
     return out
 
 
-def _stats() -> dict[str, int]:
+def _worker() -> Any:
     from vllm.distributed.kv_transfer import get_kv_transfer_group, has_kv_transfer_group
 
-    if not has_kv_transfer_group():
+    return getattr(get_kv_transfer_group(), "worker", None) if has_kv_transfer_group() else None
+
+
+def _stats() -> dict[str, Any]:
+    worker = _worker()
+    if worker is None:
         return {}
-    worker = getattr(get_kv_transfer_group(), "worker", None)
-    return dict(worker.stats) if worker is not None else {}
+    return {**worker.stats, "scheme": dataclasses.asdict(worker.scheme)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from kvstore.errors import KVStoreError
+from kvstore.keys import KeyScheme
 from kvstore_client.vllm.config import ConnectorConfig, blocks_per_chunk
 from kvstore_client.vllm.layout import chunk_shape, gather_chunk, scatter_layer
 from kvstore_client.vllm.meta import ConnectorMeta, LoadOp, SaveOp
@@ -44,9 +46,10 @@ class _Load:
 
 
 class WorkerSide:
-    def __init__(self, config: ConnectorConfig, store: Store, tp_rank: int,
+    def __init__(self, config: ConnectorConfig, scheme: KeyScheme, store: Store, tp_rank: int,
                  block_size: int) -> None:
         self.config = config
+        self.scheme = scheme
         self.store = store
         self.rank = tp_rank
         self.block_size = block_size
@@ -63,6 +66,8 @@ class WorkerSide:
         self._pending: Counter[str] = Counter()   # saves in flight per request
         self._saving: set[str] = set()             # requests that had saves
         self._finishing: set[str] = set()          # ... and that vLLM has finished
+        # counts, bytes and seconds (load_fetch_s: the batched get; load_wait_s: the forward
+        # pass waiting for it; load_scatter_s: writing chunks into blocks; save_gather_s)
         self.stats: Counter[str] = Counter()
 
     def register(self, layers: list[tuple[str, torch.Tensor]]) -> None:
@@ -78,20 +83,26 @@ class WorkerSide:
         self._load = _Load(meta.loads, self._fetch_pool.submit(self._fetch, keys))
 
     def _fetch(self, keys: list[bytes]) -> list[torch.Tensor | None]:
+        t0 = time.perf_counter()
         try:
             return self.store.get_many(keys, deadline_s=self.config.load_deadline_s)
         except KVStoreError as exc:
             log.warning("kvstore load of %d chunk(s) failed, recomputing them: %s",
                         len(keys), exc)
             return [None] * len(keys)
+        finally:
+            self.stats["load_fetch_s"] += time.perf_counter() - t0
 
     def wait_layer(self, layer_name: str) -> None:
         load = self._load
         layer = self._index.get(layer_name)
         if load is None or layer is None:
             return
+        t0 = time.perf_counter()
         if load.chunks is None:
             load.chunks = self._check(load)
+            self.stats["load_wait_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
         for op, chunks in zip(load.ops, load.chunks, strict=True):
             for i, chunk in enumerate(chunks):
                 c = op.first_chunk + i
@@ -100,6 +111,7 @@ class WorkerSide:
                                       (hi - op.start) // self.block_size]
                 scatter_layer(self.caches[layer], chunk[layer], lo - c * self.chunk, blocks)
         load.layers_done += 1
+        self.stats["load_scatter_s"] += time.perf_counter() - t0
 
     def _check(self, load: _Load) -> list[list[torch.Tensor]]:
         """Per op, its leading run of good chunks; blocks from the first bad one on fail."""
@@ -156,8 +168,10 @@ class WorkerSide:
     def _save(self, op: SaveOp) -> None:
         try:
             keys, parents = op.keys[self.rank], op.parents[self.rank]
+            t0 = time.perf_counter()
             tensors = [gather_chunk(self.caches, op.block_ids[i * self.bpc:(i + 1) * self.bpc])
                        for i in range(len(keys))]
+            self.stats["save_gather_s"] += time.perf_counter() - t0
             stored = self.store.put_many(keys, tensors, parent_keys=parents,
                                          start_pos=[(op.first_chunk + i) * self.chunk
                                                     for i in range(len(keys))],
@@ -179,12 +193,9 @@ class WorkerSide:
             with self._lock:
                 return any(n > 0 for r, n in self._pending.items()
                            if req_ids is None or r in req_ids)
-        done = threading.Event()
-        deadline = timeout_s if timeout_s is not None else self.config.save_deadline_s * 2
-        waited = 0.0
-        while busy() and waited < deadline:
-            done.wait(0.005)
-            waited += 0.005
+        end = time.monotonic() + (timeout_s or self.config.save_deadline_s * 2)
+        while busy() and time.monotonic() < end:
+            time.sleep(0.005)
 
     def finished_saving(self, finished_req_ids: set[str]) -> set[str]:
         with self._lock:
