@@ -16,6 +16,8 @@ _BENCHES = {
     "codecs": "kvstore.bench.codecs",
     "blend": "kvstore.bench.blend",
     "cluster": "kvstore.bench.cluster",
+    "remote": "kvstore.bench.remote",
+    "vllm": "kvstore.bench.vllm",
 }
 
 
