@@ -26,6 +26,8 @@ python3 -c "import torch, triton, grpc; print('torch', torch.__version__, 'trito
 STEPS=${STEPS:-"gpu_tests kernels quant store blend"}
 for s in $STEPS; do
   case $s in
+    gpu_recv) step gpu_recv 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/client/test_receive_gpu.py -o addopts="" --basetemp=/tmp/pt ;;
+    remote) step remote ${REMOTE_TIMEOUT:-560} python3 -m kvstore.cli.main bench remote --json-out "$OUT/remote.json" ${REMOTE_ARGS:-} ;;
     gpu_tests) step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu tests/kernels -o addopts="" ;;
     kernels) step kernels 120 python3 -m kvstore_kernels.bench_gpu ;;
     quant) [ -f kernels/kvstore_kernels/bench_quant_gpu.py ] && step quant 300 python3 -m kvstore_kernels.bench_quant_gpu ${QUANT_ARGS:-} --json-out "$OUT/quant.json" ;;

@@ -87,24 +87,23 @@ class StagingRing:
         self._slots = [torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True)
                        for _ in range(slots)]
         self._views = [s.numpy().data for s in self._slots]
-        self._events: list[torch.cuda.Event | None] = [None] * slots
+        self._events = [torch.cuda.Event() for _ in range(slots)]
+        self._used = [False] * slots
         self._next = 0
 
     def next_slot(self) -> tuple[int, memoryview]:
         """A free slot (waits for the copy that last read it)."""
         i = self._next
         self._next = (i + 1) % len(self._slots)
-        ev = self._events[i]
-        if ev is not None:
-            ev.synchronize()
+        if self._used[i]:
+            self._events[i].synchronize()
         return i, self._views[i]
 
     def copy_out(self, i: int, n: int, dst: torch.Tensor) -> None:
         with torch.cuda.stream(self.stream):
             dst.copy_(self._slots[i][:n], non_blocking=True)
-            ev = torch.cuda.Event()
-            ev.record(self.stream)
-        self._events[i] = ev
+            self._events[i].record(self.stream)
+        self._used[i] = True
 
     def synchronize(self) -> None:
         self.stream.synchronize()
@@ -163,19 +162,28 @@ class BlockingConnection:
         Unavailable / DeadlineExceeded (connection unusable) after the chunks done so far."""
         self._end = time.monotonic() + timeout_s
         try:
-            self._send(dp.OP.pack(dp.OP_GET) + dp.U32.pack(len(keys)) + b"".join(keys))
-            for index in indices:
-                if self._recv(1) == b"\x00":
-                    sink.miss(index)
-                    continue
-                (m,) = dp.U32.unpack(self._recv(dp.U32.size))
-                meta = pb.ChunkMeta.FromString(self._recv(m))
-                target = sink.target(index, meta)
-                ok = self._payload(meta, target, verify)
-                sink.done(index, meta, target, ok)
+            self._get(keys, indices, sink, verify)
         except BaseException:
             self.broken = True
             raise
+        finally:  # every chunk handed to the sink is in place once the call returns or raises
+            if self._ring is not None:
+                self._ring.synchronize()
+            if self._copy_stream is not None:
+                self._copy_stream.synchronize()
+
+    def _get(self, keys: Sequence[bytes], indices: Sequence[int], sink: Sink,
+             verify: bool) -> None:
+        self._send(dp.OP.pack(dp.OP_GET) + dp.U32.pack(len(keys)) + b"".join(keys))
+        for index in indices:
+            if self._recv(1) == b"\x00":
+                sink.miss(index)
+                continue
+            (m,) = dp.U32.unpack(self._recv(dp.U32.size))
+            meta = pb.ChunkMeta.FromString(self._recv(m))
+            target = sink.target(index, meta)
+            ok = self._payload(meta, target, verify)
+            sink.done(index, meta, target, ok)
 
     def _payload(self, meta: pb.ChunkMeta, t: Target, verify: bool) -> bool:
         n = meta.payload_bytes
@@ -194,8 +202,6 @@ class BlockingConnection:
                     with torch.cuda.stream(stream):
                         t.gpu[off:off + len(piece)].copy_(  # type: ignore[index]
                             t.host[off:off + len(piece)], non_blocking=True)
-            if copy:
-                stream.synchronize()
         else:
             assert t.gpu is not None
             ring = self._staging(t.gpu.device)
@@ -207,7 +213,6 @@ class BlockingConnection:
                 if h is not None:
                     h.update(piece)
                 ring.copy_out(i, m, t.gpu[off:off + m])
-            ring.synchronize()  # the result is complete on return, whatever stream reads it
         return h is None or h.intdigest() == meta.checksum
 
     def _staging(self, device: torch.device) -> StagingRing:

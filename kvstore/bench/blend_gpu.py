@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-address", default=None,
                         help="host:port of a running kvstore node (default: in-memory store "
                              "over pinned CPU memory)")
+    parser.add_argument("--wire-codecs", default="identity",
+                        help="comma-separated codecs the chunks are put with, one pass each: "
+                             "identity (bf16 on the wire), fp8-e4m3, kivi-int4 (decoded on the "
+                             "GPU after the transfer); full prefill is run once per context")
+    parser.add_argument("--max-connections", type=int, default=8,
+                        help="data-plane connections per node (--store-address only)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true",
                         help="after timing, profile one prefix-hit and one blend prefill per "
@@ -78,9 +84,15 @@ def run(args: argparse.Namespace) -> int:
     build_s = time.perf_counter() - t0
     args.layers = model.config.num_hidden_layers
     rows = []
+    codecs = [c.strip() for c in args.wire_codecs.split(",") if c.strip()]
     for n_tokens, (n_docs, doc_tokens) in contexts.items():
-        rows.extend(_bench_context(model, args, device, n_tokens, n_docs, doc_tokens))
-        _print_table(rows, args, device, build_s)
+        full_ms = None
+        for codec in codecs:
+            new = _bench_context(model, args, device, n_tokens, n_docs, doc_tokens, codec,
+                                 full_ms)
+            full_ms = full_ms or new[0]["ttft_ms"]
+            rows.extend(new)
+            _print_table(rows, args, device, build_s)
     result = {"bench": "blend_gpu", "device": _device_name(device), "layers": args.layers,
               "model_build_s": round(build_s, 1), "store": args.store_address or
               "in-memory (pinned CPU)", "rows": rows, "total_s": round(time.perf_counter() - t0,
@@ -116,14 +128,37 @@ def _build_model(args: argparse.Namespace, device: Any) -> Any:
     return model.eval()
 
 
-def _store(args: argparse.Namespace, scheme: Any, device: Any) -> Any:
+def _store(args: argparse.Namespace, scheme: Any, device: Any, codec: str) -> Any:
     from kvstore_client.inference import InMemoryChunkStore
 
     if args.store_address:
         from kvstore_client import KVStoreClient
 
-        return KVStoreClient(args.store_address, scheme)
+        client = KVStoreClient(args.store_address, scheme, max_connections=args.max_connections)
+        return client if codec == "identity" else _CodecStore(client, codec)
+    if codec != "identity":
+        raise SystemExit("--wire-codecs other than identity need --store-address")
     return InMemoryChunkStore(pin_memory=device.type == "cuda")
+
+
+class _CodecStore:
+    """A KVStoreClient whose puts encode with ``codec`` (only the encoded bytes cross the wire);
+    gets decode on the device they are asked for (get_many(device=...))."""
+
+    def __init__(self, client: Any, codec: str) -> None:
+        self._client, self.codec = client, codec
+
+    def put_many(self, keys: Any, tensors: Any, **kw: Any) -> list[bool]:
+        return self._client.put_many(keys, tensors, codec=self.codec, **kw)
+
+    def get_many(self, keys: Any, **kw: Any) -> Any:
+        return self._client.get_many(keys, **kw)
+
+    def lookup(self, keys: Any, **kw: Any) -> Any:
+        return self._client.lookup(keys, **kw)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def _prompt(n_docs: int, doc_tokens: int, vocab: int, seed: int) -> list[Any]:
@@ -142,14 +177,19 @@ def _prompt(n_docs: int, doc_tokens: int, vocab: int, seed: int) -> list[Any]:
 
 
 def _bench_context(model: Any, args: argparse.Namespace, device: Any, n_tokens: int,
-                   n_docs: int, doc_tokens: int) -> list[dict[str, Any]]:
+                   n_docs: int, doc_tokens: int, codec: str = "identity",
+                   full_ms: float | None = None) -> list[dict[str, Any]]:
+    """Rows of one context with chunks put in ``codec``; ``full_ms`` given = full prefill was
+    measured already (with another codec): only the reuse cases run, against that figure."""
     from kvstore.keys import KeyScheme
     from kvstore_client.inference import CacheEngine, EngineConfig
 
     kv_dtype = "float32" if args.smoke else "bfloat16"
-    scheme = KeyScheme(f"random-llama3-8b-shape-{args.layers}L", kv_dtype, "LKHTD",
-                       chunk_tokens=args.chunk_tokens)
-    store = _store(args, scheme, device)
+    # one model id per codec: the same keys must not hit chunks put with another codec
+    model_id = f"random-llama3-8b-shape-{args.layers}L" + ("" if codec == "identity"
+                                                           else f"-{codec}")
+    scheme = KeyScheme(model_id, kv_dtype, "LKHTD", chunk_tokens=args.chunk_tokens)
+    store = _store(args, scheme, device, codec)
     prompt = _prompt(n_docs, doc_tokens, model.config.vocab_size, seed=n_tokens)
     config = EngineConfig(kv_dtype=kv_dtype, write_back="none", fetch_timeout_s=60.0,
                           recompute_ratio=args.ratio)
@@ -164,8 +204,9 @@ def _bench_context(model: Any, args: argparse.Namespace, device: Any, n_tokens: 
         ("full prefill", "full", {}), ("prefix hit", "prefix", {}),
         (f"blend r={args.ratio:g}", "blend", {}),
         ("naive reuse", "blend", {"recompute_ratio": 0.0, "check_layer": 0})]
+    if full_ms is not None:
+        cases = cases[1:3]
     rows = []
-    full_ms = None
     for name, mode, kw in cases:
         times, last = [], None
         for i in range(args.repeats + 1):
@@ -182,7 +223,8 @@ def _bench_context(model: Any, args: argparse.Namespace, device: Any, n_tokens: 
         full_ms = full_ms or ms
         tm = last.timings
         rows.append({
-            "context": last.layout.n_tokens, "method": name, "ttft_ms": round(ms, 1),
+            "context": last.layout.n_tokens, "method": name, "wire": codec,
+            "ttft_ms": round(ms, 1),
             "speedup": round(full_ms / ms, 2),
             "reused_tokens": last.hits.exact_tokens + last.hits.content_tokens,
             "recomputed_tokens": last.hits.recomputed_tokens,
@@ -241,12 +283,13 @@ def _print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: A
     print(f"\nblend_gpu on {_device_name(device)}: Llama-3-8B shape, {args.layers} layers, "
           f"random bf16 weights (built in {build_s:.0f}s); store: "
           f"{args.store_address or 'in-memory, pinned CPU'}")
-    head = (f"{'context':>8} {'method':<16}{'TTFT ms':>9}{'speed-up':>10}{'reused':>8}"
+    head = (f"{'context':>8} {'wire':<10} {'method':<16}{'TTFT ms':>9}{'speed-up':>10}{'reused':>8}"
             f"{'recomp':>8}{'fetch ms':>10}{'rerot ms':>10}{'wait ms':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['context']:>8} {r['method']:<16}{r['ttft_ms']:>9.1f}{r['speedup']:>9.2f}x"
+        print(f"{r['context']:>8} {r.get('wire', 'identity'):<10} {r['method']:<16}"
+              f"{r['ttft_ms']:>9.1f}{r['speedup']:>9.2f}x"
               f"{r['reused_tokens']:>8}{r['recomputed_tokens']:>8}{r['fetch_ms']:>10.1f}"
               f"{r['rerotate_ms']:>10.1f}{r['wait_ms']:>9.1f}")
 
