@@ -17,7 +17,6 @@ _BENCHES = {
     "blend": "kvstore.bench.blend",
     "cluster": "kvstore.bench.cluster",
     "remote": "kvstore.bench.remote",
-    "remote": "kvstore.bench.remote",
     "vllm": "kvstore.bench.vllm",
 }
 
