@@ -281,20 +281,22 @@ class ChaosCluster:
         return [n.index for n in self.nodes if n not in except_ and not n.alive()]
 
     def close(self) -> None:
-        for n in self.nodes:
-            if n.proc is not None:
-                if n.proc_state() == "T":
-                    os.kill(n.pid, signal.SIGCONT)
-                n.proc.kill()
-        if self.redis is not None:
-            self.redis.kill()
-        if self.hub is not None:
-            self.hub.close()
-        for n in self.nodes:
-            if n.tmpfs is not None:
-                n.tmpfs.unmount()
-        if self.netns is not None:  # after its node process is gone
-            self.netns.close()
+        try:
+            for n in self.nodes:
+                if n.proc is not None:
+                    if n.proc_state() == "T":
+                        os.kill(n.pid, signal.SIGCONT)
+                    n.proc.kill()
+            if self.redis is not None:
+                self.redis.kill()
+            if self.hub is not None:
+                self.hub.close()
+            for n in self.nodes:
+                if n.tmpfs is not None:
+                    n.tmpfs.unmount()
+        finally:  # the namespace goes even if the rest failed (after its node process, if it could)
+            if self.netns is not None:
+                self.netns.close()
 
 
 def _start_in_netns(node: ChaosNode, timeout_s: float) -> procs.Proc:

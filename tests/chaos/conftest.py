@@ -1,5 +1,6 @@
-"""Fixtures of the chaos suite: one cluster (redis-server, 3 `kvstore serve` processes, a proxy
-on every link) and one verifying load per module; a fault log per test that must show an
+"""Fixtures of the chaos suite: one cluster (redis-server, 3 `kvstore serve` processes: node 0 in
+a network namespace of its own, the others behind a proxy on each link) and one verifying load
+per module; a fault log per test that must show an
 injected fault; a summary table at the end of the run (also written to
 <basetemp>/chaos-summary.json).
 
