@@ -112,7 +112,8 @@ def _prepare(case: Case, cuda: bool):  # noqa: ANN202 - (run, close) closures
     import torch
 
     n, size = case.chunks, case.chunk_bytes
-    bufs = [torch.empty(size, dtype=torch.uint8, pin_memory=cuda) for _ in range(n)]
+    bufs = ([] if case.mode == "gpu" else  # the GPU case receives through the client's rings
+            [torch.empty(size, dtype=torch.uint8, pin_memory=cuda) for _ in range(n)])
     if case.mode == "raw":
         return _raw_client(case, bufs)
     if case.mode == "h2d":
@@ -228,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         if cuda:
             case = Case("h2d", "", chunk_bytes, chunks, 1, args.repeats)
             rows.append(_report(_measure(case, 1), "pinned->GPU copy"))
-        node = _start_node(tmp, chunk_bytes, chunks, max(workers))
+        node = _start_node(tmp, chunk_bytes, chunks, cuda)
         try:
             _fill(node.address, chunk_bytes, chunks)
             for w in workers:
@@ -258,12 +259,20 @@ def _report(row: dict[str, Any], name: str) -> dict[str, Any]:
     return row
 
 
-def _start_node(tmp: str, chunk_bytes: int, chunks: int, workers: int) -> procs.Proc:
-    # room for the chunks and the blend run's KV (three codecs of 16K tokens plus documents)
-    capacity = max(2 * chunk_bytes * chunks, 24 << 30 if chunk_bytes >= 16 << 20 else 0)
+def _start_node(tmp: str, chunk_bytes: int, chunks: int, cuda: bool) -> procs.Proc:
+    # room for the chunks and, with CUDA, the blend run's KV (16K tokens in three codecs plus
+    # the documents); no --shared-memory: every byte crosses the TCP data plane
+    capacity = max(2 * chunk_bytes * chunks, (24 << 30) if cuda else (256 << 20))
+    max_chunk = max(chunk_bytes, (64 << 20) if cuda else (8 << 20))
     args = ["--cpu-capacity-bytes", str(capacity), "--disk-capacity-bytes", "0",
-            "--max-chunk-bytes", str(max(chunk_bytes, 64 << 20)), "--gpu-device", "none"]
-    return procs.start_node(tmp, args)
+            "--max-chunk-bytes", str(max_chunk), "--gpu-device", "none"]
+    os.makedirs(tmp, exist_ok=True)
+    log = os.path.join(tmp, "node.log")
+    try:
+        return procs.start_node(tmp, args, log_path=log)
+    except RuntimeError:
+        print(Path(log).read_text()[-3000:], file=sys.stderr)
+        raise
 
 
 def _fill(address: str, chunk_bytes: int, chunks: int) -> None:
@@ -283,7 +292,7 @@ def _fill(address: str, chunk_bytes: int, chunks: int) -> None:
 
 def _blend(args: argparse.Namespace, tmp: str, cuda: bool) -> dict[str, Any] | None:
     """blend_gpu against a fresh node without shared memory; its JSON result."""
-    node = _start_node(f"{tmp}/blend", 32 << 20 if cuda else 1 << 20, 64, 1)
+    node = _start_node(f"{tmp}/blend", 32 << 20 if cuda else 1 << 20, 64, cuda)
     out = Path(tmp) / "blend_gpu.json"
     cmd = [sys.executable, "-m", "kvstore.bench.blend_gpu", "--store-address", node.address,
            "--wire-codecs", args.wire_codecs, "--max-connections", str(args.connections),
