@@ -201,12 +201,15 @@ class Partition(FaultInjector):
 
     def _inject(self) -> dict[str, Any]:
         self.netns.cut()
-        # read after the cut: nothing may reach the node's interface from here on
-        self._at_cut = self.netns.counters()
-        state = self.netns.link_state()
-        if state["ns_up"] or state["host_carrier"] or state["ns_route"]:
+        try:
+            # read after the cut: nothing may reach the node's interface from here on
+            self._at_cut = self.netns.counters()
+            state = self.netns.link_state()
+            if state["ns_up"] or state["host_carrier"] or state["ns_route"]:
+                raise FaultError(f"{self.netns.ns_veth} is still up after the cut: {state}")
+        except BaseException:  # not injected, so nobody would heal it: leave the link up
             self.netns.heal()
-            raise FaultError(f"{self.netns.ns_veth} is still up after the cut: {state}")
+            raise
         return {"netns": self.netns.name, "link": state, "counters": self._at_cut}
 
     def _heal(self) -> dict[str, Any]:

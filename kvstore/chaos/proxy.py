@@ -34,7 +34,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kvstore.chaos.netns import socket_in
+from kvstore.chaos.netns import NetnsError, socket_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,7 +121,7 @@ class LinkProxy:
             try:
                 ureader, uwriter = await asyncio.wait_for(self._connect_upstream(),
                                                           _CONNECT_TIMEOUT_S)
-            except (OSError, TimeoutError):
+            except (OSError, TimeoutError, NetnsError):
                 self.counters.upstream_refused += 1
                 client.abort()
                 return
