@@ -71,14 +71,21 @@ def chunk_shape(layers: Sequence[tuple[str, torch.Tensor]], chunk_tokens: int
     return (len(layers), t.shape[1], chunk_tokens, t.shape[3])
 
 
+# Copies go through numpy, not torch's copy_: torch splits each copy over its OpenMP threads, and
+# on a busy 2-core machine every fork-join stalls whenever another process holds a core (measured
+# in vLLM: 0.77 s to write a 2K-token hit into the cache with copy_/index_copy_, ~0.05 s alone).
+# numpy copies on the calling thread; each block of each head is one contiguous run.
+
+
 def gather_chunk(caches: Sequence[torch.Tensor], block_ids: Sequence[int]) -> torch.Tensor:
     """A new [layers, heads, len(block_ids) * block_size, 2D] tensor of those blocks' KV."""
-    idx = torch.tensor(block_ids, dtype=torch.long)
     n, (_, heads, bs, width) = len(block_ids), caches[0].shape
     out = torch.empty((len(caches), heads, n * bs, width), dtype=caches[0].dtype)
+    dst = _np(out)
     for layer, cache in enumerate(caches):
-        blocks = cache.index_select(0, idx.to(cache.device))      # [n, heads, bs, width]
-        out[layer].view(heads, n, bs, width).copy_(blocks.permute(1, 0, 2, 3))
+        src = _np(cache)
+        for j, block in enumerate(block_ids):
+            dst[layer, :, j * bs:(j + 1) * bs] = src[block]
     return out
 
 
@@ -86,8 +93,19 @@ def scatter_layer(cache: torch.Tensor, chunk_layer: torch.Tensor, token_offset: 
                   block_ids: Sequence[int]) -> None:
     """Write tokens [token_offset, + len(block_ids) * block_size) of one layer of a chunk
     ([heads, tokens, 2D]) into ``block_ids`` of that layer's cache."""
-    _, heads, bs, width = cache.shape
-    n = len(block_ids)
-    src = chunk_layer[:, token_offset:token_offset + n * bs].reshape(heads, n, bs, width)
-    idx = torch.tensor(block_ids, dtype=torch.long, device=cache.device)
-    cache.index_copy_(0, idx, src.permute(1, 0, 2, 3).to(cache.device, cache.dtype))
+    bs = cache.shape[2]
+    dst, src = _np(cache), _np(chunk_layer.to(cache.dtype))
+    for j, block in enumerate(block_ids):
+        start = token_offset + j * bs
+        dst[block] = src[:, start:start + bs]
+
+
+def _np(t: torch.Tensor) -> Any:
+    """A numpy view of a CPU tensor's memory (bf16/fp8 as same-width integers)."""
+    if t.device.type != "cpu":
+        raise ConnectorConfigError(f"KV tensors must be on the CPU here, got {t.device}")
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.view(torch.int16)
+    elif t.element_size() == 1:
+        t = t.view(torch.uint8)
+    return t.numpy()
