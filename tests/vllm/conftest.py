@@ -29,8 +29,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vllm: runs real vLLM (the .venv-vllm environment)")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _needs_vllm() -> None:
+    # session scope: set up before the session fixtures that start engines
     spec = importlib.util.find_spec("vllm")
     if spec is not None and spec.origin is not None:  # not a namespace package (tests/vllm!)
         return
