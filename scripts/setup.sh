@@ -25,11 +25,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 python -c "import kvstore_client, transformers, triton, grpc_tools"  # fail loudly if broken
-if ! command -v redis-server >/dev/null 2>&1; then
+# redis-server: the Redis-backed parts and benchmarks; iproute2 (`ip`): the chaos suite's
+# network-namespace partition.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
+    (apt-get update -qq && apt-get install -y -qq redis-server iproute2) >/dev/null
   else
-    echo "setup: redis-server missing and not root: install it with your package manager" >&2
+    echo "setup: redis-server or ip missing and not root: install redis-server and iproute2" >&2
   fi
 fi
 bash scripts/fetch_model.sh
