@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -133,6 +134,7 @@ class BlockingConnection:
         conn._end = time.monotonic() + timeout_s
         sid = session_id.encode()
         try:
+            conn._timeout()
             conn._send(dp.HELLO.pack(dp.MAGIC, dp.VERSION, len(sid)) + sid)
             conn._read_status()
         except FailedPrecondition as exc:  # the node forgot our session: re-handshake
@@ -162,6 +164,7 @@ class BlockingConnection:
         Unavailable / DeadlineExceeded (connection unusable) after the chunks done so far."""
         self._end = time.monotonic() + timeout_s
         try:
+            self._timeout()
             self._get(keys, indices, sink, verify)
         except BaseException:
             self.broken = True
@@ -226,33 +229,42 @@ class BlockingConnection:
         return self._copy_stream
 
     # ---- socket I/O --------------------------------------------------------------------------
+    # The deadline is enforced by the kernel (SO_RCVTIMEO/SO_SNDTIMEO, set once per call) on a
+    # socket in plain blocking mode, plus a clock check per piece against a trickling peer.
+    # Python's own socket timeouts would poll() before every recv: twice the system calls and
+    # more GIL-held work per call, which cost a third of the throughput at 8 connections.
     def _timeout(self) -> None:
         left = self._end - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded("data-plane call passed its deadline")
-        self.sock.settimeout(left)
+        if self.sock.gettimeout() is not None:
+            self.sock.settimeout(None)
+        sec = int(left)
+        usec = max(int((left - sec) * 1e6), 0 if sec else 1)  # 0 s 0 us would mean "never"
+        tv = struct.pack("ll", sec, usec)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
     def _send(self, data: bytes) -> None:
         self._timeout()
         try:
             self.sock.sendall(data)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise DeadlineExceeded("data-plane send passed its deadline") from None
         except OSError as exc:
             raise Unavailable(f"data plane connection lost while sending: {exc}") from exc
 
     def _recv_into(self, view: memoryview) -> None:
         got, n = 0, len(view)
-        self._timeout()
+        if time.monotonic() > self._end:  # a trickling peer
+            raise DeadlineExceeded("data-plane receive passed its deadline")
         try:
             while got < n:
                 r = self.sock.recv_into(view[got:], n - got)
                 if r == 0:
                     raise Unavailable(f"data plane closed after {got} of {n} bytes")
                 got += r
-                if got < n and time.monotonic() > self._end:  # a trickling peer
-                    raise DeadlineExceeded("data-plane receive passed its deadline")
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise DeadlineExceeded("data-plane receive passed its deadline") from None
         except OSError as exc:
             raise Unavailable(f"data plane connection lost while receiving: {exc}") from exc

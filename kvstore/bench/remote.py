@@ -80,7 +80,7 @@ def _raw_conn(conn: socket.socket, payload: memoryview) -> None:
 # ---- one worker process --------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
-    mode: str            # raw | h2d | pinned | gpu
+    mode: str            # raw | h2d | pinned | gpu | gpu-nocheck (checksums off)
     address: str         # host:port (the raw server's, or the node's gRPC address)
     chunk_bytes: int
     chunks: int
@@ -112,7 +112,8 @@ def _prepare(case: Case, cuda: bool):  # noqa: ANN202 - (run, close) closures
     import torch
 
     n, size = case.chunks, case.chunk_bytes
-    bufs = ([] if case.mode == "gpu" else  # the GPU case receives through the client's rings
+    # the GPU cases receive through the client's staging rings: no buffers of their own
+    bufs = ([] if case.mode.startswith("gpu") else
             [torch.empty(size, dtype=torch.uint8, pin_memory=cuda) for _ in range(n)])
     if case.mode == "raw":
         return _raw_client(case, bufs)
@@ -129,7 +130,7 @@ def _prepare(case: Case, cuda: bool):  # noqa: ANN202 - (run, close) closures
 
     c = KVStoreClient(case.address, KeyScheme("bench-remote", "uint8"),
                       max_connections=case.connections, use_shared_memory=False,
-                      deadline_s=120.0)
+                      deadline_s=120.0, verify_checksums=case.mode != "gpu-nocheck")
     keys = _keys(n)
 
     def check(got: list) -> None:
@@ -237,6 +238,10 @@ def run(args: argparse.Namespace) -> int:
                     case = Case(mode, node.address, chunk_bytes, chunks, args.connections,
                                 args.repeats)
                     rows.append(_report(_measure(case, w), f"kvstore get {mode}"))
+            if cuda:  # what the end-to-end checksums cost (one worker)
+                case = Case("gpu-nocheck", node.address, chunk_bytes, chunks, args.connections,
+                            args.repeats)
+                rows.append(_report(_measure(case, 1), "kvstore get gpu-nocheck"))
         finally:
             node.stop()
         blend = None

@@ -43,9 +43,12 @@ def test_a_corrupt_chunk_into_gpu_memory_is_a_miss(start_node, connect, scheme):
     assert got[0] is None and got[1] is not None and c.corrupt_received == 1
 
 
-def test_fp8_chunks_decode_on_the_gpu(start_node, connect, scheme):
+def test_fp8_chunks_decode_on_the_gpu(start_node, connect):
+    from kvstore.keys import KeyScheme
+
+    scheme = KeyScheme("test/model", "bfloat16")
     node = start_node()
-    c = connect(node.address)
+    c = connect(node.address, scheme)
     key = prefix_keys(scheme, list(range(256)))[0]
     kv = torch.randn(2, 2, 4, 256, 64, dtype=torch.bfloat16, device="cuda")
     c.put_many([key], [kv], codec="fp8-e4m3")
