@@ -45,7 +45,7 @@ from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 from kvstore.wire import scheme_to_pb
 from kvstore_client.dataplane import ConnectionPool, DataConnection
-from kvstore_client.gather import PENDING, Gather
+from kvstore_client.gather import PENDING, Decoded, Gather
 from kvstore_client.retry import RetryPolicy
 from kvstore_client.security import (
     ClientSecurity,
@@ -319,15 +319,17 @@ class AsyncKVStoreClient:
         pool = self._pool
         if (pool is not None and pool.threaded is not None and self._shm is None
                 and keys):
-            raw_results, error = await self._get_threaded(keys, out, dev, deadline_s)
+            finish = (lambda m, r: _as_tensor(m, r, True, device)) if decode else None
+            raw_results, error = await self._get_threaded(keys, out, dev, deadline_s, finish)
         else:
             raw_results, error = await self._get_raw(keys, out, deadline_s), None
-        return [r if r is None or r is PENDING else
+        return [r if r is None or r is PENDING else r.tensor if isinstance(r, Decoded) else
                 _as_tensor(r[0], r[1], decode, device)  # type: ignore[index]
                 for r in raw_results], error
 
     async def _get_threaded(self, keys: Sequence[bytes], out: Sequence[torch.Tensor] | None,
-                            device: torch.device | None, deadline_s: float | None
+                            device: torch.device | None, deadline_s: float | None,
+                            finish: Callable | None = None
                             ) -> tuple[list, KVStoreError | None]:
         """GET over the threaded receiver: keys split over up to max_connections connections,
         each drained by its own thread; a failed connection's remaining keys are retried."""
@@ -336,7 +338,7 @@ class AsyncKVStoreClient:
         if out is not None and len(out) != len(keys):
             raise InvalidArgument(f"{len(keys)} keys but {len(out)} output buffers")
         buffers = [_byte_buffer(t) for t in out] if out is not None else None
-        sink = Gather(len(keys), buffers, device)
+        sink = Gather(len(keys), buffers, device, finish)
         timeout = deadline_s or self.options.deadline_s
         end = time.monotonic() + timeout
         verify = self.options.verify_checksums

@@ -10,13 +10,14 @@ Placement of chunk ``i`` with ``meta``:
 * otherwise: a fresh CPU tensor.
 
 Results are filled from the receiving threads as each chunk completes: ``PENDING`` (not arrived:
-its connection failed first), None (a miss, or a checksum mismatch: counted in ``corrupt``) or
-(meta, flat uint8 tensor). A slot is written once, by the one thread that owns the key.
+its connection failed first), None (a miss, or a checksum mismatch: counted in ``corrupt``),
+(meta, flat uint8 tensor), or ``Decoded`` (a codec'd chunk decoded on the receiving thread).
+A slot is written once, by the one thread that owns the key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -28,10 +29,26 @@ from kvstore_client.receiver import Sink, Target
 PENDING = object()
 
 
+class Decoded:
+    """A chunk already decoded on its receiving thread (``finish``)."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
 class Gather(Sink):
+    """``finish(meta, raw)``, if given, decodes codec'd chunks on the receiving thread as each
+    lands (on a GPU: queued after its copies), overlapping the decode with the transfer of the
+    rest; their results are ``Decoded``."""
+
     def __init__(self, n: int, buffers: Sequence[torch.Tensor] | None,
-                 device: torch.device | None) -> None:
+                 device: torch.device | None,
+                 finish: Callable[[pb.ChunkMeta, torch.Tensor], torch.Tensor] | None = None
+                 ) -> None:
         self.results: list[object] = [PENDING] * n
+        self._finish = finish
         self.corrupt: list[bytes] = []  # keys whose payload failed its checksum
         self._buffers = buffers
         self._gpu = device if device is not None and device.type == "cuda" else None
@@ -60,6 +77,12 @@ class Gather(Sink):
             self.results[index] = None
             return
         raw = target.gpu if target.gpu is not None else target.host
+        assert raw is not None
+        if self._finish is not None and meta.codec not in ("", IDENTITY):
+            if target.ready is not None:  # decode after the copies, on this thread's stream
+                torch.cuda.current_stream(raw.device).wait_event(target.ready)
+            self.results[index] = Decoded(self._finish(meta, raw))
+            return
         self.results[index] = (meta, raw)
 
     def miss(self, index: int) -> None:

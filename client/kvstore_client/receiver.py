@@ -61,6 +61,7 @@ class Target:
 
     host: torch.Tensor | None = None
     gpu: torch.Tensor | None = None
+    ready: torch.cuda.Event | None = None  # set once the copies into ``gpu`` are queued
 
 
 class Sink:
@@ -205,6 +206,9 @@ class BlockingConnection:
                     with torch.cuda.stream(stream):
                         t.gpu[off:off + len(piece)].copy_(  # type: ignore[index]
                             t.host[off:off + len(piece)], non_blocking=True)
+            if copy:
+                t.ready = torch.cuda.Event()
+                t.ready.record(stream)
         else:
             assert t.gpu is not None
             ring = self._staging(t.gpu.device)
@@ -216,6 +220,8 @@ class BlockingConnection:
                 if h is not None:
                     h.update(piece)
                 ring.copy_out(i, m, t.gpu[off:off + m])
+            t.ready = torch.cuda.Event()
+            t.ready.record(ring.stream)
         return h is None or h.intdigest() == meta.checksum
 
     def _staging(self, device: torch.device) -> StagingRing:
