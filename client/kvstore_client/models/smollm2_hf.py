@@ -65,7 +65,7 @@ def convert(override: str | os.PathLike[str] | None = None, *, quiet: bool = Fal
     # (vLLM) treat the safetensors as GGUF-quantized.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     (tmp / _DONE).write_text(f"converted from {gguf.name}\n")

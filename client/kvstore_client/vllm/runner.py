@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-prefix-caching", action="store_true")
     args = p.parse_args(argv)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack to stderr
     proto = sys.stdout
     sys.stdout = sys.stderr  # vLLM and friends print: keep the protocol stream clean
     t0 = time.perf_counter()

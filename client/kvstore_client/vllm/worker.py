@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -68,7 +68,7 @@ class WorkerSide:
         self._finishing: set[str] = set()          # ... and that vLLM has finished
         # counts, bytes and seconds (load_fetch_s: the batched get; load_wait_s: the forward
         # pass waiting for it; load_scatter_s: writing chunks into blocks; save_gather_s)
-        self.stats: Counter[str] = Counter()
+        self.stats: defaultdict[str, float] = defaultdict(float)
 
     def register(self, layers: list[tuple[str, torch.Tensor]]) -> None:
         self.caches = [t for _, t in layers]
