@@ -147,7 +147,7 @@ def _start_nodes(root: str, redis_url: str, first: int, count: int, capacity: in
 
 
 async def _rebalance_state(redis_url: str) -> tuple[int, dict[str, dict]]:
-    from kvstore.cluster.membership import RedisRegistry
+    from kvstore_client.redis_membership import RedisRegistry
 
     reg = RedisRegistry(redis_url)
     try:

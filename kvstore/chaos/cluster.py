@@ -40,8 +40,8 @@ from typing import Any
 from kvstore import procs
 from kvstore.chaos.netns import NetNamespace
 from kvstore.chaos.proxy import LinkProxy, ProxyHub
-from kvstore.cluster.membership import DEFAULT_PREFIX
 from kvstore.procs import wait_for
+from kvstore_client.redis_membership import DEFAULT_PREFIX
 
 log = logging.getLogger(__name__)
 HEARTBEAT_TTL_S = 1.5

@@ -112,7 +112,7 @@ class LoadGen:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     async def _connect(self) -> AsyncClusterClient:
-        from kvstore.cluster.membership import RedisMembership
+        from kvstore_client.redis_membership import RedisMembership
 
         options = ClientOptions(deadline_s=self.deadline_s, retry=RetryPolicy(max_attempts=2),
                                 client_name="kvstore-chaos")

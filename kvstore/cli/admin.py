@@ -111,8 +111,8 @@ def _describe(exc: grpc.aio.AioRpcError) -> str:
 
 
 async def _registry_view(redis_url: str) -> Any:
-    from kvstore.cluster.membership import REDIS_ERRORS, RedisRegistry
     from kvstore.errors import Unavailable
+    from kvstore_client.redis_membership import REDIS_ERRORS, RedisRegistry
 
     registry = RedisRegistry(redis_url)
     try:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from kvstore import procs
-from kvstore.cluster.membership import DEFAULT_PREFIX, REDIS_ERRORS, RedisRegistry
 from kvstore.errors import FailedPrecondition, KVStoreError, NotFound, Unavailable
+from kvstore_client.redis_membership import DEFAULT_PREFIX, REDIS_ERRORS, RedisRegistry
 
 log = logging.getLogger(__name__)
 STATE_FILE = "cluster.json"

@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
 
-from kvstore.cluster.membership import (
+from kvstore.cluster.rebalance import CoreChunks, Rebalancer
+from kvstore.cluster.security import peer_security
+from kvstore.config import NodeConfig
+from kvstore.server.node import SERVICE_NAME
+from kvstore_client.membership import DRAINING, ClusterView, Member
+from kvstore_client.redis_membership import (
     DEFAULT_PREFIX,
     REDIS_ERRORS,
     HeartbeatAgent,
@@ -28,11 +33,6 @@ from kvstore.cluster.membership import (
     RedisRegistry,
     close_registry,
 )
-from kvstore.cluster.rebalance import CoreChunks, Rebalancer
-from kvstore.cluster.security import peer_security
-from kvstore.config import NodeConfig
-from kvstore.server.node import SERVICE_NAME
-from kvstore_client.membership import DRAINING, ClusterView, Member
 
 if TYPE_CHECKING:
     from kvstore.server.node import StoreNode

@@ -28,7 +28,7 @@ class ClusterSpec:
 
     def source(self) -> MembershipSource:
         if self.redis_url:
-            from kvstore.cluster.membership import RedisMembership
+            from kvstore_client.redis_membership import RedisMembership
 
             return RedisMembership(self.redis_url)
         from kvstore.cluster.static import StaticMembership

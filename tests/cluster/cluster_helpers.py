@@ -81,7 +81,7 @@ class NodeProcs:
 
 async def registry_members(redis_url: str) -> dict[str, Any]:
     """node id -> Member, as Redis has them right now."""
-    from kvstore.cluster.membership import RedisRegistry
+    from kvstore_client.redis_membership import RedisRegistry
 
     reg = RedisRegistry(redis_url)
     try:

@@ -22,11 +22,11 @@ from cluster_helpers import (
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvstore import procs
-from kvstore.cluster.membership import RedisMembership
 from kvstore.cluster.rebalance import TokenBucket
 from kvstore_client import AsyncKVStoreClient
 from kvstore_client.cluster import AsyncClusterClient
 from kvstore_client.membership import DRAINING, build_ring
+from kvstore_client.redis_membership import RedisMembership
 
 pytestmark = pytest.mark.chaos
 

@@ -9,10 +9,10 @@ import pytest
 from cluster_helpers import await_for
 
 from kvstore import procs
-from kvstore.cluster.membership import HeartbeatAgent, RedisMembership, RedisRegistry
 from kvstore.cluster.static import StaticMembership, load_members, parse_members
 from kvstore.errors import ConfigError, Unavailable
 from kvstore_client.membership import DRAINING, Member
+from kvstore_client.redis_membership import HeartbeatAgent, RedisMembership, RedisRegistry
 
 
 @pytest.fixture

@@ -63,8 +63,10 @@ def test_copied_sources_exist_and_cover_the_packages() -> None:
 
 def test_torch_pin_matches_setup_and_project_range() -> None:
     torch = _args()["TORCH_VERSION"]
-    setup = (ROOT / "scripts" / "setup.sh").read_text()
-    assert f"torch=={torch}" in setup
+    # the lock scripts/setup.sh installs (and its constraint) pin the same torch, CPU build
+    lock = (ROOT / "requirements" / "lock.txt").read_text()
+    assert f"\ntorch=={torch}+cpu \\\n" in lock
+    assert f"torch=={torch}+cpu" in (ROOT / "requirements" / "constraints.txt").read_text()
     assert _requirement("torch", PYPROJECT["project"]["dependencies"]).specifier.contains(torch)
     assert _args()["TORCH_INDEX_URL"].endswith("/cpu")   # the default image is the CPU build
     assert 'pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in DOCKER_TEXT

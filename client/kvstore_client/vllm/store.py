@@ -25,7 +25,7 @@ def open_store(config: ConnectorConfig, scheme: KeyScheme, client_name: str) -> 
         return KVStoreClient(config.address, scheme, security, client_name=client_name)
     kw: dict[str, Any] = {"replication": config.replication, "security": security}
     if config.redis_url:
-        from kvstore.cluster.membership import RedisMembership
+        from kvstore_client.redis_membership import RedisMembership
 
         return ClusterClient(scheme, source=RedisMembership(config.redis_url), **kw)
     return ClusterClient(scheme, [Member(a, a) for a in config.members], **kw)
