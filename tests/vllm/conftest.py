@@ -25,8 +25,13 @@ from vllm_engines import SAVER_BUDGET, EngineProcess, Prompts, kv_transfer_confi
 from kvstore.procs import start_node
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "vllm: runs real vLLM (the .venv-vllm environment)")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test may start a vLLM engine (~30 s alone on 2 cores, minutes when the machine is
+    # loaded): the suite's 300 s default is too tight for those, not for a hang.
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(900))
 
 
 @pytest.fixture(scope="session", autouse=True)
