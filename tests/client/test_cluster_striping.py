@@ -67,5 +67,7 @@ async def test_a_replica_lost_mid_transfer_fails_over_only_the_rest(two, scheme)
         proxy.close()
     assert [bytes(t.numpy()) for t in got] == data
     share = [served(n) - b for n, b in zip(nodes, before, strict=True)]
-    assert share[0] == 8                 # A was asked for its half...
-    assert share[1] == 16 - arrived      # ...B served its half and what A never delivered
+    # A was asked for its half and read some of it before its sends failed (how many depends on
+    # socket buffers); B served its own half and exactly what A never delivered
+    assert arrived < share[0] <= 8
+    assert share[1] == 16 - arrived
